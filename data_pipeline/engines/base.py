@@ -1,0 +1,115 @@
+"""The generation-engine interface shared by the teacher (curation `distill`) and
+the eval harness.
+
+One interface, several engines (DESIGN.md "Engines"): `procedural` (nano
+teachers), `transformers` (in-process, small models), later `endpoint` and
+`vllm`. Engines are looked up by name in `ENGINES`; each module registers itself
+with `@register_engine`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One sample of one conversation. `seed` makes sampling reproducible per
+    (problem, sample) and is part of the request-cache key."""
+
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...)
+    sample_index: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_messages(cls, messages: list[dict[str, str]], sample_index: int = 0, seed: int = 0):
+        return cls(tuple((m["role"], m["content"]) for m in messages), sample_index, seed)
+
+    def messages_as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" | "length" | "error"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning: str | None = None
+    engine: str = ""
+    model: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Engine(ABC):
+    """A generation engine. `generate` returns one Completion per request, in
+    order. Engines never raise for a single failed request: they return a
+    Completion with finish_reason="error" and the reason in `error`."""
+
+    name: str = ""
+
+    def __init__(self, model: str, revision: str | None = None, **options: Any):
+        self.model = model
+        self.revision = revision
+        self.options = options
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]: ...
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two engines give the same answers: part of every request key."""
+        return {"engine": self.name, "model": self.model, "revision": self.revision}
+
+    def close(self) -> None:  # pragma: no cover - default no-op
+        pass
+
+
+def request_key(identity: dict[str, Any], sampling: Sampling, request: GenerationRequest) -> str:
+    payload = {
+        "identity": identity,
+        "sampling": sampling.to_dict(),
+        "messages": request.messages,
+        "sample_index": request.sample_index,
+        "seed": request.seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+ENGINES: dict[str, Callable[..., Engine]] = {}
+
+
+def register_engine(name: str):
+    def deco(cls):
+        cls.name = name
+        ENGINES[name] = cls
+        return cls
+
+    return deco
+
+
+def get_engine(name: str, model: str, revision: str | None = None, **options: Any) -> Engine:
+    # Import the built-in engines lazily so that a missing optional dependency
+    # (vllm) only fails when that engine is asked for.
+    from data_pipeline.engines import _load_builtin
+
+    _load_builtin(name)
+    if name not in ENGINES:
+        raise KeyError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
+    return ENGINES[name](model, revision=revision, **options)

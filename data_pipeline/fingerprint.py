@@ -1,0 +1,71 @@
+"""Content fingerprints of stages and datasets.
+
+A stage's fingerprint hashes its op name, op code version, normalised
+parameters (validated, defaults filled, the stage's own `op` alias removed) and
+its input's fingerprint; the first stage hashes its sources with their resolved
+revisions. The stage id is not hashed: renaming a stage changes no data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from data_pipeline.ops import OpParams, OpSpec
+
+FORMAT_VERSION = "1"  # bump when the layout of cached stage outputs changes
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def sha256_hex(text: str | bytes) -> str:
+    if isinstance(text, str):
+        text = text.encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def normalise_params(params: OpParams) -> dict[str, Any]:
+    d = params.model_dump(mode="json")
+    d.pop("op", None)
+    return d
+
+
+def stage_fingerprint(op: OpSpec, params: OpParams, input_fingerprint: str | None) -> str:
+    payload = {
+        "format": FORMAT_VERSION,
+        "op": op.name,
+        "version": op.version,
+        "params": normalise_params(params),
+        "input": input_fingerprint,
+        "extra": op.fingerprint_extra(params) if op.fingerprint_extra else None,
+    }
+    return sha256_hex(canonical_json(payload))
+
+
+@dataclass
+class PlannedStage:
+    id: str
+    op: OpSpec
+    params: OpParams
+    input: str | None
+    fingerprint: str
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "op": self.op.name,
+            "op_version": self.op.version,
+            "kind": self.op.kind,
+            "params": normalise_params(self.params),
+            "input": self.input,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def model_fingerprint(dataset_fingerprint: str, sft_section: dict[str, Any]) -> str:
+    """A trained model's fingerprint: its dataset's fingerprint and the recipe's `sft` section."""
+    return sha256_hex(canonical_json({"dataset": dataset_fingerprint, "sft": sft_section}))

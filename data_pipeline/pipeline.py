@@ -1,0 +1,199 @@
+"""Plan and run a recipe's data stages on datatrove executors.
+
+Each stage is one datatrove job: a `map` op runs one task per input shard (in
+parallel, `execution.workers` at a time); `global` and `source` ops run one task
+that sees every row and writes `execution.tasks` shards. datatrove's per-rank
+completion markers let a killed stage resume the ranks it had not finished;
+the stage cache (cache.py) makes a finished stage free on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from datatrove.executor import LocalPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+
+from data_pipeline.cache import StageCache, write_parquet, atomic_write_json
+from data_pipeline.errors import PipelineError
+from data_pipeline.fingerprint import PlannedStage, stage_fingerprint
+from data_pipeline.ops import OPS, OpContext, OpParams, OpResult
+from data_pipeline.recipe import Recipe
+from data_pipeline.rows import DROPPED_SCHEMA, to_table
+
+log = logging.getLogger("commonthoughts")
+
+
+def plan(recipe: Recipe) -> list[PlannedStage]:
+    """The stage graph of a recipe, with fingerprints (no data is read, except
+    to hash local source files)."""
+    data = recipe.spec.data
+    mix = OPS.get("mix")
+    if mix is None:
+        raise PipelineError("the `mix` op is not registered (import curation first)")
+    mix_params = mix.params.model_validate(
+        {"sources": {k: v.model_dump() for k, v in data.sources.items()}, "size": data.mix.size, "seed": data.mix.seed,
+         "base_dir": str(recipe.path.parent)}
+    )
+    fp = stage_fingerprint(mix, mix_params, None)
+    stages = [PlannedStage("mix", mix, mix_params, None, fp)]
+    for st in recipe.stages:
+        new = stage_fingerprint(st.op, st.params, fp)
+        stages.append(PlannedStage(st.id, st.op, st.params, fp, new))
+        fp = new
+    return stages
+
+
+class StageStep(PipelineStep):
+    """One stage as a datatrove pipeline step (picklable: carries names and paths)."""
+
+    name = "commonthoughts stage"
+    type = "CommonThoughts"
+
+    def __init__(self, stage_id: str, op_name: str, params: OpParams, inputs: list[str], work_dir: str,
+                 out_shards: int, cache_root: str, recipe_name: str, workers: int = 1):
+        super().__init__()
+        self.stage_id, self.op_name, self.params = stage_id, op_name, params
+        self.inputs, self.work_dir, self.out_shards = inputs, work_dir, out_shards
+        self.cache_root, self.recipe_name, self.workers = cache_root, recipe_name, workers
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        from data_pipeline.registries import load_plugins
+
+        load_plugins()
+        op = OPS[self.op_name]
+        work = Path(self.work_dir)
+        ctx = OpContext(self.stage_id, work, Path(self.cache_root), rank, world_size, self.recipe_name, self.workers)
+        if op.kind == "map":
+            rows = pq.read_table(self.inputs[rank]).to_pylist()
+        elif op.kind == "global":
+            rows = [r for f in self.inputs for r in pq.read_table(f).to_pylist()]
+        else:
+            rows = []
+        with self.track_time():
+            result: OpResult = op.fn(rows, self.params, ctx) if op.kind != "source" else op.fn(self.params, ctx)
+        n_in = len(rows) if op.kind != "source" else len(result.kept) + len(result.dropped)
+        self.stat_update("rows_in", value=n_in)
+        self.stat_update("rows_out", value=len(result.kept))
+        if op.kind == "map":
+            outputs = [(rank, result.kept)]
+        else:  # split in order into out_shards contiguous shards
+            n = len(result.kept)
+            bounds = [round(i * n / self.out_shards) for i in range(self.out_shards + 1)]
+            outputs = [(i, result.kept[bounds[i]: bounds[i + 1]]) for i in range(self.out_shards)]
+        for i, rows_i in outputs:
+            write_parquet(to_table(rows_i), work / "data" / f"part-{i:05d}.parquet")
+        dropped = [dict(r, drop_reason=why) for r, why in result.dropped]
+        write_parquet(to_table(dropped, DROPPED_SCHEMA), work / "dropped" / f"part-{rank:05d}.parquet")
+        reasons: dict[str, int] = {}
+        for _, why in result.dropped:
+            reasons[why] = reasons.get(why, 0) + 1
+        atomic_write_json(work / "ranks" / f"{rank:05d}.json", {
+            "rows_in": n_in, "rows_out": len(result.kept), "dropped": reasons, "extra": result.stats})
+        return iter(())
+
+
+@dataclass
+class StageRun:
+    stage: PlannedStage
+    stats: dict[str, Any]
+    cached: bool
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    stages: list[StageRun] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.stages[-1].stage.fingerprint
+
+    def funnel(self) -> list[dict[str, Any]]:
+        return [
+            {"stage": r.stage.id, "op": r.stage.op.name, "rows_in": r.stats["rows_in"], "rows_out": r.stats["rows_out"],
+             "dropped": r.stats["dropped"], "cached": r.cached, "seconds": round(r.seconds, 2),
+             "fingerprint": r.stage.fingerprint, "extra": r.stats.get("extra", {})}
+            for r in self.stages
+        ]
+
+
+def _merge_rank_stats(work: Path, ranks: int) -> dict[str, Any]:
+    total = {"rows_in": 0, "rows_out": 0, "dropped": {}, "extra": {}}
+    for r in range(ranks):
+        s = json.loads((work / "ranks" / f"{r:05d}.json").read_text())
+        total["rows_in"] += s["rows_in"]
+        total["rows_out"] += s["rows_out"]
+        for k, v in s["dropped"].items():
+            total["dropped"][k] = total["dropped"].get(k, 0) + v
+        for k, v in s["extra"].items():
+            total["extra"][k] = total["extra"].get(k, 0) + v
+    total["dropped"] = dict(sorted(total["dropped"].items()))
+    return total
+
+
+def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: int, recipe_name: str) -> StageRun:
+    t0 = time.time()
+    if cache.has(stage.fingerprint):
+        return StageRun(stage, cache.stats(stage.fingerprint), True, time.time() - t0)
+    inputs = [str(p) for p in cache.shards(stage.input)] if stage.input else []
+    if stage.op.kind == "map":
+        ranks = len(inputs)
+        if ranks == 0:
+            raise PipelineError(f"stage {stage.id!r}: its input stage has no shards")
+    else:
+        ranks = 1
+    work = cache.work_dir(stage.fingerprint)
+    step = StageStep(stage.id, stage.op.name, stage.params, inputs, str(work), tasks, str(cache.root), recipe_name,
+                     workers if stage.op.self_parallel else 1)
+    executor = LocalPipelineExecutor(
+        pipeline=[step], tasks=ranks, workers=1 if stage.op.self_parallel else min(workers, ranks),
+        logging_dir=str(work / "datatrove"),
+        skip_completed=True,
+    )
+    try:
+        executor.run()
+    except Exception as e:  # datatrove re-raises the task's exception
+        raise PipelineError(f"stage {stage.id!r} ({stage.op.name}) failed: {e}") from e
+    missing = [r for r in range(ranks) if not (work / "ranks" / f"{r:05d}.json").is_file()]
+    if missing:
+        raise PipelineError(f"stage {stage.id!r}: ranks {missing} did not finish; see {work / 'datatrove' / 'logs'}")
+    stats = _merge_rank_stats(work, ranks)
+    stats.update(stage=stage.describe(), seconds=round(time.time() - t0, 3))
+    cache.commit(stage.fingerprint, stats)
+    return StageRun(stage, stats, False, time.time() - t0)
+
+
+def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | None = None,
+             workers: int | None = None, echo=print) -> RunResult:
+    """Run every data stage of a recipe, reusing cached stages."""
+    cache = cache or StageCache()
+    ex = recipe.spec.data.execution
+    tasks, workers = tasks or ex.tasks, workers or ex.workers
+    stages = plan(recipe)
+    result = RunResult()
+    for i, stage in enumerate(stages, 1):
+        tag = f"[{i}/{len(stages)}] {stage.id} ({stage.op.name}) {stage.fingerprint[:12]}"
+        echo(f"{tag} ...", file=sys.stderr)
+        run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name)
+        result.stages.append(run)
+        how = "cached" if run.cached else f"{run.seconds:.1f}s"
+        echo(f"{tag}: {run.stats['rows_in']} -> {run.stats['rows_out']} rows ({how})", file=sys.stderr)
+    return result
+
+
+def funnel_table(result: RunResult) -> str:
+    """The stage funnel as a Markdown table (printed at the end of each run and on the card)."""
+    lines = ["| stage | op | rows in | rows out | dropped (by reason) | time |", "|---|---|---:|---:|---|---:|"]
+    for f in result.funnel():
+        dropped = ", ".join(f"{k}: {v}" for k, v in f["dropped"].items()) or "-"
+        when = "cached" if f["cached"] else f"{f['seconds']:.1f}s"
+        lines.append(f"| {f['stage']} | {f['op']} | {f['rows_in']} | {f['rows_out']} | {dropped} | {when} |")
+    return "\n".join(lines)

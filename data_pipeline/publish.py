@@ -1,0 +1,87 @@
+"""Publish a finished data run to the registry: parquet configs plus a card.
+
+Configs: `default` (the SFT-ready rows: `messages` and their ids),
+`provenance` (every question that reached the last stage, with all teacher
+samples, verdicts and which were selected) and `dropped` (every row a stage
+removed, with the stage and the reason). The card's YAML records the recipe,
+its fingerprint and the stage graph; its body holds the resolved recipe and
+the stage funnel.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from huggingface_hub import DatasetCardData
+
+from data_pipeline.cache import StageCache, write_parquet
+from data_pipeline.errors import PipelineError
+from data_pipeline.pipeline import RunResult, funnel_table
+from data_pipeline.recipe import Recipe
+from data_pipeline.registry import LocalRegistry, fp_tag
+
+SFT_COLUMNS = ["id", "source", "problem", "answer", "sample_index", "messages"]
+ROWS_PER_SHARD = 100_000
+
+
+def _write_config(table: pa.Table, folder: Path) -> int:
+    n = max(1, -(-table.num_rows // ROWS_PER_SHARD))
+    for i in range(n):
+        part = table.slice(i * ROWS_PER_SHARD, ROWS_PER_SHARD)
+        write_parquet(part, folder / f"train-{i:05d}-of-{n:05d}.parquet")
+    return n
+
+
+def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int]) -> str:
+    stages = [{"id": s.stage.id, "op": s.stage.op.name, "op_version": s.stage.op.version,
+               "fingerprint": s.stage.fingerprint} for s in result.stages]
+    funnel = [{k: f[k] for k in ("stage", "rows_in", "rows_out", "dropped", "extra")} for f in result.funnel()]
+    data = DatasetCardData(
+        configs=[{"config_name": name, "data_files": [{"split": "train", "path": f"{name if name != 'default' else 'data'}/train-*.parquet"}],
+                  **({"default": True} if name == "default" else {})} for name in counts],
+        tags=["commonthoughts", "sft", "reasoning", "synthetic"],
+        task_categories=["text-generation"],
+        commonthoughts={"recipe": recipe.name, "version": recipe.version, "fingerprint": result.fingerprint,
+                        "extends": recipe.spec.extends, "stages": stages, "funnel": funnel},
+    )
+    resolved = yaml.safe_dump(recipe.raw, sort_keys=False, allow_unicode=True)
+    return (
+        f"---\n{data.to_yaml()}\n---\n\n# {recipe.name} {recipe.version}\n\n{recipe.spec.description.strip()}\n\n"
+        f"Made by the CommonThoughts recipe engine. Fingerprint: `{result.fingerprint}`.\n\n"
+        "| config | rows |\n|---|---:|\n" + "".join(f"| {k} | {v} |\n" for k, v in counts.items()) +
+        f"\n## Stage funnel\n\n{funnel_table(result)}\n\n## Recipe (resolved)\n\n```yaml\n{resolved}```\n"
+    )
+
+
+def publish_dataset(recipe: Recipe, result: RunResult, cache: StageCache, registry: LocalRegistry) -> tuple[str, str]:
+    """Publish a run; returns (repo, commit)."""
+    last = result.stages[-1].stage
+    final = cache.read(last.fingerprint)
+    if final.num_rows and final.column("messages").null_count == final.num_rows:
+        raise PipelineError(f"the last stage ({last.id}) produced no `messages`: end the recipe's stages with a `format` stage")
+    tables = {"default": final.select(SFT_COLUMNS)}
+    if last.op.name == "format" and last.input:
+        tables["provenance"] = cache.read(last.input).drop_columns(["messages", "sample_index"])
+    dropped = []
+    for s in result.stages:
+        for f in cache.shards(s.stage.fingerprint, "dropped"):
+            t = pq.read_table(f)
+            if t.num_rows:
+                dropped.append(t.append_column("stage", pa.array([s.stage.id] * t.num_rows, pa.string())))
+    if dropped:
+        tables["dropped"] = pa.concat_tables(dropped)
+    repo = recipe.dataset_repo
+    with tempfile.TemporaryDirectory(prefix="publish-") as tmp:
+        staged = Path(tmp)
+        counts = {}
+        for name, table in tables.items():
+            _write_config(table, staged / ("data" if name == "default" else name))
+            counts[name] = table.num_rows
+        (staged / "README.md").write_text(dataset_card(recipe, result, counts))
+        commit = registry.publish("datasets", repo, staged, tags=[f"v{recipe.version}", fp_tag(result.fingerprint)],
+                                  message=f"{recipe.name} {recipe.version} ({result.fingerprint[:12]})")
+    return repo, commit
