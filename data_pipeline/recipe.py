@@ -274,7 +274,7 @@ def _resolve(path: Path, root: Path, seen: list[Path]) -> tuple[dict, dict, list
         raise RecipeError.one(path, None, "extends", f"`extends` chain deeper than {MAX_EXTENDS_DEPTH}")
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
-        raise RecipeError.one(path, 1, "", f"a recipe must be a YAML mapping, got {type(data).__name__}")
+        raise RecipeError.one(path, lines.get(()), "", f"a recipe must be a YAML mapping, got {type(data).__name__}")
     parent_ref = data.get("extends")
     if parent_ref is None:
         return data, _merge_origins({}, data, lines, str(path)), [path]

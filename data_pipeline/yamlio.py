@@ -53,7 +53,7 @@ def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
             node = loader.get_single_node()
             if node is None:
                 return None, {}
-            lines: dict[Path_, int] = {}
+            lines: dict[Path_, int] = {(): _line(node.start_mark)}
             _walk(path, node, (), lines)
             data = loader.construct_document(node)
         finally:
@@ -64,7 +64,8 @@ def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
             msg = f"{msg}; recipes are plain data and allow only standard YAML tags"
         raise RecipeError.one(path, _line(e.problem_mark), "", msg) from None
     except yaml.MarkedYAMLError as e:
-        raise RecipeError.one(path, _line(e.problem_mark), "", f"invalid YAML: {e.problem}") from None
+        context = f" ({e.context} on line {_line(e.context_mark)})" if e.context and e.context_mark else ""
+        raise RecipeError.one(path, _line(e.problem_mark), "", f"invalid YAML: {e.problem}{context}") from None
     except yaml.YAMLError as e:
         raise RecipeError.one(path, None, "", f"invalid YAML: {e}") from None
     return data, lines
