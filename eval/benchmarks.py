@@ -1,0 +1,211 @@
+"""The benchmark registry: what is asked, how it is asked, and what counts as right.
+
+A `Benchmark` is versioned as a whole: its rows, its prompt template and its
+answer type. Change any of them and bump `version`, so that results carrying
+different versions are never compared as if they were the same test. Results
+also record the sha256 of the loaded rows and of the template, which catches a
+change that forgot the bump.
+
+Public benchmarks keep their Hub id and pinned revision (`hub_id`, `revision`);
+on machines without Hub access they are read from the offline copies in the
+shared data folder (`COMMONTHOUGHTS_SHARED_DATA`, default `<repo>/../shared/data`,
+see its SOURCES.md). Decontamination reads `benchmark_problems(name)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+try:  # the lead's name registry lets `data_pipeline` validate recipes' benchmark names
+    from data_pipeline.registries import register_benchmark_name
+except ImportError:  # pragma: no cover - older trees
+    register_benchmark_name = None
+
+# The usual reasoning-model instruction (DeepSeek-R1, Qwen2.5-Math); `{problem}` is
+# replaced literally (no str.format), so templates may contain braces.
+BOXED_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+PLACEHOLDER = "{problem}"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    version: str
+    load: Callable[[], list[dict[str, Any]]]  # rows with "id", "problem", "answer"
+    prompt_template: str
+    answer_type: str = "math"
+    default_samples: int = 1
+    ks: tuple[int, ...] = (1,)
+    hub_id: str | None = None
+    revision: str | None = None
+    description: str = ""
+    offline_path: str | None = field(default=None, compare=False)  # under the shared data folder
+
+    def __post_init__(self) -> None:
+        if PLACEHOLDER not in self.prompt_template:
+            raise ValueError(f"benchmark {self.name!r}: prompt_template lacks {PLACEHOLDER}")
+        object.__setattr__(self, "ks", tuple(sorted(set(int(k) for k in self.ks))))
+
+    def render(self, problem: str) -> str:
+        """The user message for one problem."""
+        return self.prompt_template.replace(PLACEHOLDER, problem)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The benchmark's rows, checked (ids unique, fields present)."""
+        rows = self.load()
+        seen: set[str] = set()
+        for i, row in enumerate(rows):
+            missing = [k for k in ("id", "problem", "answer") if row.get(k) in (None, "")]
+            if missing:
+                raise ValueError(f"benchmark {self.name!r}: row {i} lacks {missing}")
+            if row["id"] in seen:
+                raise ValueError(f"benchmark {self.name!r}: duplicate id {row['id']!r}")
+            seen.add(row["id"])
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """The definition as recorded in results (everything but the loader)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "answer_type": self.answer_type,
+            "prompt_template": self.prompt_template,
+            "prompt_sha256": hashlib.sha256(self.prompt_template.encode()).hexdigest(),
+            "hub_id": self.hub_id,
+            "revision": self.revision,
+        }
+
+
+def data_sha256(rows: list[dict[str, Any]]) -> str:
+    """Content hash of the rows that matter for scoring: (id, problem, answer)."""
+    payload = [[str(r["id"]), str(r["problem"]), str(r["answer"])] for r in rows]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    """Add (or replace) a benchmark in the registry."""
+    BENCHMARKS[benchmark.name] = benchmark
+    if register_benchmark_name is not None:
+        register_benchmark_name(benchmark.name)
+    return benchmark
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}") from None
+
+
+def benchmark_problems(name: str) -> list[str]:
+    """The problem texts of a benchmark (for decontamination)."""
+    return [row["problem"] for row in get_benchmark(name).rows()]
+
+
+# ------------------------------------------------------------------ offline data
+
+
+def shared_data_dir() -> Path:
+    """`COMMONTHOUGHTS_SHARED_DATA`, else `shared/data` next to the repository."""
+    env = os.environ.get("COMMONTHOUGHTS_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _read_jsonl(relative: str) -> list[dict[str, Any]]:
+    path = shared_data_dir() / relative
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"offline benchmark file {path} not found; set COMMONTHOUGHTS_SHARED_DATA to the shared data folder"
+        )
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------ definitions
+
+GSM8K_FILE = "gsm8k/test.jsonl"
+MATH500_FILE = "qwen25math-eval/math500/test.jsonl"
+
+
+def _load_nano_bench() -> list[dict[str, Any]]:
+    from data_pipeline.nano.tasks import nano_bench
+
+    return nano_bench()
+
+
+def gsm8k_gold(solution: str) -> str:
+    """GSM8K's final answer: the text after `####`, thousands separators removed."""
+    if "####" not in solution:
+        raise ValueError("GSM8K solution without '####'")
+    return solution.split("####")[-1].strip().replace(",", "")
+
+
+def _load_gsm8k() -> list[dict[str, Any]]:
+    return [
+        {"id": f"gsm8k/test/{i:04d}", "problem": r["question"], "answer": gsm8k_gold(r["answer"])}
+        for i, r in enumerate(_read_jsonl(GSM8K_FILE))
+    ]
+
+
+def _load_math500() -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r["unique_id"],
+            "problem": r["problem"],
+            "answer": r["answer"],
+            "subject": r["subject"],
+            "level": r["level"],
+        }
+        for r in _read_jsonl(MATH500_FILE)
+    ]
+
+
+register_benchmark(
+    Benchmark(
+        name="nano-bench",
+        version="1",
+        load=_load_nano_bench,
+        prompt_template=PLACEHOLDER,
+        default_samples=4,
+        ks=(1, 2, 4),
+        description="The nano track's held-out arithmetic benchmark (data_pipeline.nano.tasks.nano_bench).",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="gsm8k",
+        version="1",
+        load=_load_gsm8k,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=1,
+        ks=(1,),
+        hub_id="openai/gsm8k",  # config "main", split "test"
+        revision="740312add88f781978c0658806c59bc2815b9866",
+        offline_path=GSM8K_FILE,
+        description="GSM8K test (1319); gold is the number after '####'.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="math500",
+        version="1",
+        load=_load_math500,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="HuggingFaceH4/MATH-500",  # split "test"
+        revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
+        offline_path=MATH500_FILE,
+        description="MATH-500 (the PRM800K test subset of MATH); gold is the `answer` field.",
+    )
+)

@@ -1,0 +1,130 @@
+"""`python -m eval {run,compare}`.
+
+`run RECIPE` scores the recipe's trained student (found in the registry at its
+model fingerprint) on the recipe's benchmarks and writes `results.json` and
+`details.parquet` to `<registry>/results/<model repo>/<model revision>/`.
+`compare A B` is the paired comparison of two results on the same problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data_pipeline.errors import PipelineError, RecipeError
+
+
+def results_dir(registry, model_repo: str, revision: str) -> Path:
+    return registry.root / "results" / model_repo / revision
+
+
+def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None = None, echo=print) -> Path:
+    from data_pipeline.engines import Sampling, get_engine
+    from data_pipeline.fingerprint import model_fingerprint
+    from data_pipeline.pipeline import plan
+    from data_pipeline.recipe import load_recipe
+    from data_pipeline.registries import load_plugins
+    from data_pipeline.registry import LocalRegistry
+    from eval.harness import evaluate, write_results
+
+    load_plugins()
+    recipe = load_recipe(recipe_path)
+    if recipe.spec.eval is None or recipe.spec.sft is None:
+        raise RecipeError.one(recipe.path, None, "eval", "this recipe has no `eval` (or no `sft`) section")
+    registry = LocalRegistry(Path(registry_root) if registry_root else None)
+    dataset_fp = plan(recipe)[-1].fingerprint
+    mfp = model_fingerprint(dataset_fp, recipe.spec.sft.model_dump(mode="json"))
+    rev = registry.find_fingerprint("models", recipe.model_repo, mfp)
+    if rev is None:
+        raise PipelineError(f"models/{recipe.model_repo} has no model at fingerprint {mfp[:16]}: "
+                            f"train it first (make sft RECIPE={recipe_path})")
+    model_dir = registry.snapshot("models", recipe.model_repo, rev)
+    spec = recipe.spec.eval
+    engine = get_engine(spec.engine, str(model_dir), revision=rev, batch_size=spec.batch_size)
+    sampling = Sampling(spec.sampling.temperature, spec.sampling.top_p, spec.sampling.max_tokens)
+    results, details = evaluate(engine, spec.benchmarks, samples=spec.samples, sampling=sampling, seed=spec.seed,
+                                ks=spec.ks, workers=os.cpu_count() or 1, limit=limit)
+    results["recipe"] = {"name": recipe.name, "version": recipe.version, "fingerprint": dataset_fp,
+                         "path": os.path.relpath(recipe.path)}
+    results["model"] = {"repo": recipe.model_repo, "revision": rev, "fingerprint": mfp}
+    results["hardware"] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                           "device": str(getattr(engine, "device", "cpu"))}
+    out = write_results(results_dir(registry, recipe.model_repo, rev), results, details)
+    echo(results_table(results))
+    echo(f"\nresults: {out / 'results.json'}")
+    return out
+
+
+def results_table(results: dict) -> str:
+    name = results.get("recipe", {}).get("name", "?")
+    lines = [f"| recipe | benchmark | problems x samples | pass@1 [95% CI] | pass@k | no answer | truncated |",
+             "|---|---|---|---|---|---:|---:|"]
+    for bench, r in results["benchmarks"].items():
+        m = r["metrics"]
+        lo, hi = m["pass@1_ci95"]
+        ks = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if k.startswith("pass@") and k[5:].isdigit() and k != "pass@1")
+        lines.append(f"| {name} | {bench} | {r['n_problems']} x {results['samples']} | {m['pass@1']:.3f} [{lo:.3f}, {hi:.3f}]"
+                     f" | {ks or '-'} | {m['extraction_failure_rate']:.3f} | {m['truncation_rate']:.3f} |")
+    return "\n".join(lines)
+
+
+def compare(a_dir: str, b_dir: str, *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """Paired bootstrap (b - a) per benchmark present in both results."""
+    from eval.harness import load_details
+    from eval.metrics import paired_bootstrap
+
+    da, db = load_details(a_dir), load_details(b_dir)
+    out = {}
+    for bench in sorted(set(da) & set(db)):
+        def matrix(rows):
+            by: dict[str, list[tuple[int, bool]]] = {}
+            for r in rows:
+                by.setdefault(r["problem_id"], []).append((r["sample_index"], bool(r["correct"])))
+            return {p: [c for _, c in sorted(v)] for p, v in by.items()}
+
+        ma, mb = matrix(da[bench]), matrix(db[bench])
+        common = sorted(set(ma) & set(mb))
+        if not common:
+            continue
+        a = np.array([ma[p] for p in common], dtype=float)
+        b = np.array([mb[p] for p in common], dtype=float)
+        out[bench] = {"problems": len(common), **paired_bootstrap(a, b, n_boot=n_boot, seed=seed).to_dict(),
+                      "a": float(a.mean()), "b": float(b.mean())}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="score the recipe's trained student")
+    r.add_argument("recipe")
+    r.add_argument("--registry")
+    r.add_argument("--limit", type=int, help="first N problems per benchmark (smoke runs; recorded)")
+    c = sub.add_parser("compare", help="paired bootstrap of two results folders (B - A)")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "run":
+            run(args.recipe, registry_root=args.registry, limit=args.limit)
+        else:
+            res = compare(args.a, args.b)
+            if args.json:
+                print(json.dumps(res, indent=2))
+            for bench, r in res.items():
+                print(f"{bench}: A={r['a']:.3f} B={r['b']:.3f} delta={r['delta']:+.3f} "
+                      f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] p={r['p_value']:.4f} ({r['problems']} problems)")
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,242 @@
+"""The shared eval harness: one engine, some benchmarks, a results record.
+
+`evaluate` asks every problem `samples` times (one request per sample, each with
+its own seed derived by hashing (seed, benchmark, problem id, sample index), so
+a sample does not depend on batching or on what else is evaluated), scores the
+answers in worker processes, and computes per benchmark pass@1 (the mean over
+samples, then problems) with a 95% bootstrap interval, unbiased pass@k, and the
+rates that explain a score: extraction failures, truncations, engine errors,
+scoring timeouts, output length.
+
+`write_results` stores `results.json` (the record) and `details.parquet` (one row
+per sample) atomically; `load_results` / `load_details` read them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling
+from eval.benchmarks import Benchmark, data_sha256, get_benchmark
+from eval.metrics import avg_at_n, bootstrap_ci, mean_pass_at_k
+from eval.scoring import score_many
+
+SCHEMA_VERSION = "1"
+HARNESS_VERSION = "0.1.0"
+RESULTS_FILE = "results.json"
+DETAILS_FILE = "details.parquet"
+
+
+def derive_seed(seed: int, benchmark: str, problem_id: str, sample_index: int) -> int:
+    """A 63-bit seed for one sample, stable across processes and machines."""
+    key = json.dumps([seed, benchmark, problem_id, sample_index], separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("math-verify", "latex2sympy2_extended", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            pass
+    return out
+
+
+def _generate(engine: Engine, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
+    """All requests in engine-sized batches (prompts of similar length together),
+    with a progress bar on stderr."""
+    batch = int(getattr(engine, "batch_size", None) or engine.options.get("batch_size") or 32)
+    order = sorted(range(len(requests)), key=lambda i: sum(len(c) for _, c in requests[i].messages))
+    out: list[Completion | None] = [None] * len(requests)
+    with tqdm(total=len(requests), desc=f"generate ({engine.name})", unit="sample") as bar:
+        for start in range(0, len(order), batch):
+            idx = order[start : start + batch]
+            completions = engine.generate([requests[i] for i in idx], sampling)
+            if len(completions) != len(idx):
+                raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(idx)}")
+            for i, completion in zip(idx, completions):
+                out[i] = completion
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def _metrics(details: list[dict[str, Any]], n_problems: int, samples: int, ks: list[int], seed: int) -> dict[str, Any]:
+    correct = np.array([d["correct"] for d in details], dtype=np.float64).reshape(n_problems, samples)
+    low, high = bootstrap_ci(correct, avg_at_n, n_boot=2000, seed=seed)
+    metrics: dict[str, Any] = {"pass@1": avg_at_n(correct), "pass@1_ci95": [low, high]}
+    for k in ks:
+        if 1 < k <= samples:
+            metrics[f"pass@{k}"] = mean_pass_at_k(correct, k)
+
+    def rate(pred) -> float:
+        return float(np.mean([pred(d) for d in details]))
+
+    metrics.update(
+        extraction_failure_rate=rate(lambda d: d["extracted"] is None),
+        truncation_rate=rate(lambda d: d["finish_reason"] == "length"),
+        error_rate=rate(lambda d: d["finish_reason"] == "error"),
+        scoring_timeout_rate=rate(lambda d: d["score_status"] == "timeout"),
+        mean_output_tokens=float(np.mean([d["completion_tokens"] for d in details])),
+        mean_output_chars=float(np.mean([len(d["response"]) for d in details])),
+    )
+    return metrics
+
+
+def evaluate(
+    engine: Engine,
+    benchmark_names: list[str],
+    *,
+    samples: int,
+    sampling: Sampling,
+    seed: int = 0,
+    ks: list[int] | None = None,
+    workers: int = 2,
+    limit: int | None = None,
+    timeout_s: float = 5.0,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Evaluate `engine` on the named benchmarks. Returns (results record,
+    per-benchmark per-sample details). `ks` defaults to each benchmark's own;
+    pass@k is reported for every k <= samples. `limit` keeps the first problems
+    of each benchmark (smoke runs; recorded in the results)."""
+    if samples < 1:
+        raise ValueError("samples must be >= 1")
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    benches = [get_benchmark(name) for name in dict.fromkeys(benchmark_names)]
+
+    plan: list[tuple[Benchmark, list[dict[str, Any]]]] = []
+    requests: list[GenerationRequest] = []
+    meta: list[dict[str, Any]] = []
+    for bench in benches:
+        rows = bench.rows()[:limit] if limit else bench.rows()
+        plan.append((bench, rows))
+        for row in rows:
+            prompt = bench.render(row["problem"])
+            for j in range(samples):
+                s = derive_seed(seed, bench.name, str(row["id"]), j)
+                requests.append(GenerationRequest.from_messages([{"role": "user", "content": prompt}], j, s))
+                meta.append({
+                    "benchmark": bench.name, "problem_id": str(row["id"]), "sample_index": j,
+                    "seed": s, "prompt": prompt, "gold": str(row["answer"]),
+                })
+
+    completions = _generate(engine, requests, sampling)
+    t_generated = time.perf_counter()
+    scores = score_many([(m["gold"], c.text) for m, c in zip(meta, completions)], workers=workers, timeout_s=timeout_s)
+    t_scored = time.perf_counter()
+
+    details: dict[str, list[dict[str, Any]]] = {bench.name: [] for bench, _ in plan}
+    for m, c, s in zip(meta, completions, scores):
+        details[m["benchmark"]].append({
+            **m, "response": c.text, "extracted": s.extracted, "correct": bool(s.correct),
+            "score_status": s.status, "finish_reason": c.finish_reason, "error": c.error,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+        })
+
+    per_bench: dict[str, Any] = {}
+    for bench, rows in plan:
+        wanted = sorted(set(ks if ks is not None else bench.ks) | {1})
+        per_bench[bench.name] = {
+            **bench.to_dict(),
+            "data_sha256": data_sha256(rows),
+            "n_problems": len(rows),
+            "limit": limit,
+            "metrics": _metrics(details[bench.name], len(rows), samples, wanted, seed) if rows else {},
+        }
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "harness_version": HARNESS_VERSION,
+        "engine": engine.identity(),
+        "sampling": sampling.to_dict(),
+        "seed": seed,
+        "samples": samples,
+        "scoring": {"timeout_s": timeout_s, "versions": _versions()},
+        "benchmarks": per_bench,
+        "timing": {
+            "started_at": started.isoformat(),
+            "generation_s": t_generated - t0,
+            "scoring_s": t_scored - t_generated,
+            "total_s": time.perf_counter() - t0,
+        },
+    }
+    return results, details
+
+
+# ---------------------------------------------------------------------- storage
+
+DETAILS_SCHEMA = pa.schema(
+    [
+        ("benchmark", pa.string()),
+        ("problem_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("seed", pa.int64()),
+        ("prompt", pa.string()),
+        ("gold", pa.string()),
+        ("response", pa.string()),
+        ("extracted", pa.string()),
+        ("correct", pa.bool_()),
+        ("score_status", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_results(out_dir: str | Path, results: dict[str, Any], details: dict[str, list[dict[str, Any]]]) -> Path:
+    """Write `results.json` and `details.parquet` under `out_dir` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for bench_rows in details.values() for row in bench_rows]
+    table = pa.Table.from_pylist(rows, schema=DETAILS_SCHEMA)
+    _atomic_write(out / DETAILS_FILE, lambda p: pq.write_table(table, p))
+
+    def write_json(p: str) -> None:
+        with open(p, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, ensure_ascii=False, default=str)  # e.g. a torch.device
+            f.write("\n")
+
+    _atomic_write(out / RESULTS_FILE, write_json)
+    return out
+
+
+def load_results(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+
+
+def load_details(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-benchmark per-sample rows, in the order they were written."""
+    details: dict[str, list[dict[str, Any]]] = {}
+    for row in pq.read_table(Path(out_dir) / DETAILS_FILE).to_pylist():
+        details.setdefault(row["benchmark"], []).append(row)
+    return details
