@@ -1,0 +1,33 @@
+"""Recipe checks for the `sft` section, run by `python -m data_pipeline validate`.
+
+Registered with `data_pipeline.registries` so that validation (which must not
+import trainers by path from a recipe) checks `sft.args` against the installed
+TRL and `sft.model.init` against the known students.
+"""
+
+from __future__ import annotations
+
+from data_pipeline.registries import register_recipe_check
+
+
+@register_recipe_check
+def check_sft_section(recipe) -> list[tuple[tuple, str]]:
+    sft = recipe.spec.sft
+    if sft is None:
+        return []
+    problems: list[tuple[tuple, str]] = []
+    if sft.model.init is not None:
+        from data_pipeline.nano.student import STUDENTS
+
+        if sft.model.init not in STUDENTS:
+            problems.append((("sft", "model", "init"), f"unknown student {sft.model.init!r}; known: {sorted(STUDENTS)}"))
+    if sft.args:
+        from sft.trainer import check_sft_args
+
+        for msg in check_sft_args(sft.args):
+            key, _, text = msg.partition(": ")
+            loc = tuple(key.split(".")[:3])
+            problems.append((loc, text))
+    if sft.accelerate is not None and not sft.accelerate.endswith((".yaml", ".yml")):
+        problems.append((("sft", "accelerate"), "must be the path of an accelerate config file (.yaml)"))
+    return problems

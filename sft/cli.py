@@ -1,0 +1,123 @@
+"""`python -m sft train RECIPE`: train the recipe's student on its dataset.
+
+The dataset is taken from the registry at the recipe's fingerprint; when the
+registry does not hold it, the data stages run first (their cache makes that
+cheap when only a later stage changed). The trained model is published to the
+registry under the recipe's model repo, tagged `v<version>` and with the model
+fingerprint (dataset fingerprint + sft section + base model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from data_pipeline.cache import StageCache
+from data_pipeline.errors import PipelineError, RecipeError
+from data_pipeline.fingerprint import model_fingerprint
+from data_pipeline.registry import LocalRegistry, fp_tag
+
+
+def ensure_dataset(recipe, cache: StageCache, registry: LocalRegistry) -> tuple[str, str, str]:
+    """(repo, revision, fingerprint) of the recipe's dataset, building it if the registry lacks it."""
+    from data_pipeline.pipeline import funnel_table, plan, run_data
+    from data_pipeline.publish import publish_dataset
+
+    fp = plan(recipe)[-1].fingerprint
+    repo = recipe.dataset_repo
+    rev = registry.find_fingerprint("datasets", repo, fp)
+    if rev is None:
+        print(f"datasets/{repo} has no revision at fingerprint {fp[:16]}: running the data stages", file=sys.stderr)
+        result = run_data(recipe, cache)
+        print(funnel_table(result), file=sys.stderr)
+        repo, rev = publish_dataset(recipe, result, cache, registry)
+    return repo, rev, fp
+
+
+def base_model_dir(recipe, cache: StageCache) -> tuple[Path, str]:
+    """A local folder with the base model, and how to name it on the card."""
+    spec = recipe.spec.sft.model
+    if spec.init is not None:
+        from data_pipeline.nano import student
+
+        code = hashlib.sha256(Path(student.__file__).read_bytes()).hexdigest()[:12]
+        seed = int(recipe.spec.sft.args.get("seed", 0))
+        out = cache.root / "models" / "init" / f"{spec.init}-seed{seed}-{code}"
+        if not (out / "config.json").is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".build-"))
+            student.build_student(tmp, spec.init, seed=seed)
+            try:
+                os.rename(tmp, out)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return out, f"{spec.init} (made from a config, seed {seed})"
+    local = Path(spec.name)
+    if local.is_dir():
+        return local, spec.name
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(spec.name, revision=spec.revision)), f"{spec.name}@{spec.revision}"
+
+
+def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None = None,
+          registry_root: str | None = None) -> tuple[str, str]:
+    from data_pipeline.recipe import load_recipe
+    from data_pipeline.registries import load_plugins
+
+    load_plugins()
+    recipe = load_recipe(recipe_path)
+    if recipe.spec.sft is None:
+        raise RecipeError.one(recipe.path, None, "sft", "this recipe has no `sft` section")
+    cache = StageCache(Path(cache_root) if cache_root else None)
+    registry = LocalRegistry(Path(registry_root) if registry_root else None)
+    repo, rev, dataset_fp = ensure_dataset(recipe, cache, registry)
+    mfp = model_fingerprint(dataset_fp, recipe.spec.sft.model_dump(mode="json"))
+    model_repo = recipe.model_repo
+    existing = registry.find_fingerprint("models", model_repo, mfp)
+    if existing and if_missing:
+        print(f"models/{model_repo} @ {existing[:12]} is trained at fingerprint {mfp[:16]}", file=sys.stderr)
+        return model_repo, existing
+
+    from sft.trainer import run_sft
+
+    base, base_name = base_model_dir(recipe, cache)
+    files = sorted(str(p) for p in (registry.snapshot("datasets", repo, rev) / "data").glob("*.parquet"))
+    work = cache.root / "sft" / mfp
+    card = {"recipe_name": recipe.name, "recipe_version": recipe.version, "fingerprint": dataset_fp,
+            "dataset_repo": repo, "dataset_revision": rev, "base_model": base_name, "model_fingerprint": mfp}
+    stats = run_sft(dict(recipe.spec.sft.args), base, files, work / "model", card=card)
+    print(f"trained {stats.get('steps')} steps in {stats.get('wall_time_s')}s, "
+          f"{stats.get('tokens_per_s')} tokens/s, final loss {stats.get('final_loss')}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="publish-model-") as tmp:
+        staged = Path(tmp) / "model"
+        shutil.copytree(work / "model", staged, ignore=shutil.ignore_patterns("checkpoints", "runs"))
+        commit = registry.publish("models", model_repo, staged, tags=[f"v{recipe.version}", fp_tag(mfp)],
+                                  message=f"{recipe.name} {recipe.version} ({mfp[:12]})")
+    print(f"published models/{model_repo} @ {commit[:12]}", file=sys.stderr)
+    return model_repo, commit
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sft")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the recipe's student (building its dataset first if needed)")
+    t.add_argument("recipe")
+    t.add_argument("--if-missing", action="store_true", help="do nothing when the model exists at its fingerprint")
+    t.add_argument("--cache")
+    t.add_argument("--registry")
+    args = ap.parse_args(argv)
+    try:
+        train(args.recipe, if_missing=args.if_missing, cache_root=args.cache, registry_root=args.registry)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
