@@ -1,0 +1,117 @@
+"""Benchmarks of the nano track, measured side by side in one run.
+
+`nano`: the base recipe end to end from empty caches (wall time per stage,
+per phase and in total), then the verification-off ablation, whose data
+stages reuse the teacher's answers from the cache (its data time as a share
+of the first run's), then the weak-teacher ablation; each scored on
+nano-bench, with paired bootstraps of each ablation against base. Writes
+`bench/results/nano_run.json` and `bench/results/nano_calibration.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def _env() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def _run_recipe(path: Path) -> dict:
+    """Data, SFT and eval of one recipe, each phase timed."""
+    from data_pipeline.cache import StageCache
+    from data_pipeline.pipeline import run_data
+    from data_pipeline.publish import publish_dataset
+    from data_pipeline.recipe import load_recipe
+    from data_pipeline.registry import LocalRegistry
+    from eval.cli import run as eval_run
+    from sft.cli import train
+
+    recipe = load_recipe(path)
+    t0 = time.perf_counter()
+    result = run_data(recipe, StageCache())
+    publish_dataset(recipe, result, StageCache(), LocalRegistry())
+    t1 = time.perf_counter()
+    train(str(path), if_missing=True)
+    t2 = time.perf_counter()
+    out = eval_run(str(path), echo=lambda *a, **k: None)
+    t3 = time.perf_counter()
+    res = json.loads((out / "results.json").read_text())
+    return {
+        "recipe": recipe.name,
+        "stages": [{"stage": f["stage"], "seconds": f["seconds"], "cached": f["cached"], "rows_out": f["rows_out"]}
+                   for f in result.funnel()],
+        "data_s": round(t1 - t0, 2), "sft_s": round(t2 - t1, 2), "eval_s": round(t3 - t2, 2),
+        "total_s": round(t3 - t0, 2),
+        "sft_rows": result.stages[-1].stats["rows_out"],
+        "pass@1": res["benchmarks"]["nano-bench"]["metrics"]["pass@1"],
+        "pass@1_ci95": res["benchmarks"]["nano-bench"]["metrics"]["pass@1_ci95"],
+        "results_dir": str(out),
+    }
+
+
+def bench_nano() -> list[Path]:
+    from data_pipeline.registries import load_plugins
+    from eval.cli import compare
+
+    load_plugins()
+    with tempfile.TemporaryDirectory(prefix="ct-bench-") as tmp:
+        os.environ["COMMONTHOUGHTS_CACHE"] = str(Path(tmp) / "cache")
+        os.environ["COMMONTHOUGHTS_REGISTRY"] = str(Path(tmp) / "registry")
+        runs = {name: _run_recipe(ROOT / "recipes" / "nano" / f"{name}.yaml")
+                for name in ("base", "no-verify", "weak-teacher")}
+        comparisons = {name: compare(runs["base"]["results_dir"], runs[name]["results_dir"], n_boot=5000)["nano-bench"]
+                       for name in ("no-verify", "weak-teacher")}
+    base, nov = runs["base"], runs["no-verify"]
+    nano_run = {
+        "benchmark": "nano_run",
+        "env": _env(),
+        "first_run": {k: base[k] for k in ("stages", "data_s", "sft_s", "eval_s", "total_s")},
+        "second_run_only_verify_changed": {"stages": nov["stages"], "data_s": nov["data_s"]},
+        "second_data_over_first_data": round(nov["data_s"] / base["data_s"], 4),
+        "targets": {"total_s": "< 300", "second_data_over_first_data": "< 0.10"},
+    }
+    calibration = {
+        "benchmark": "nano_calibration",
+        "env": _env(),
+        "runs": {k: {x: v[x] for x in ("recipe", "sft_rows", "pass@1", "pass@1_ci95")} for k, v in runs.items()},
+        "paired_vs_base": comparisons,
+        "target": "no-verify scores lower than base with p < 0.05",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, doc in (("nano_run", nano_run), ("nano_calibration", calibration)):
+        p = RESULTS / f"{name}.json"
+        p.write_text(json.dumps(doc, indent=2) + "\n")
+        paths.append(p)
+    return paths
+
+
+BENCHES = {"nano": bench_nano}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHES)})")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.names) - set(BENCHES))
+    if unknown:
+        ap.error(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHES)}")
+    for name in args.names or list(BENCHES):
+        for p in BENCHES[name]():
+            print(f"wrote {p.relative_to(ROOT)}", file=sys.stderr)
+            print(p.read_text())
+    return 0
