@@ -9,9 +9,13 @@ the stage cache (cache.py) makes a finished stage free on the next run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +160,7 @@ def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: in
     executor = LocalPipelineExecutor(
         pipeline=[step], tasks=ranks, workers=1 if stage.op.self_parallel else min(workers, ranks),
         logging_dir=str(work / "datatrove"),
-        skip_completed=True,
+        skip_completed=True, start_method="fork",
     )
     try:
         executor.run()
@@ -171,6 +175,43 @@ def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: in
     return StageRun(stage, stats, False, time.time() - t0)
 
 
+_LOG_LINE = re.compile(r"^(\[NODE \d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+)")
+
+
+@contextlib.contextmanager
+def datatrove_logs_to(log_path: Path):
+    """Send datatrove's chatty per-task logs (pipeline dumps, stats blocks) to
+    `log_path` and let only warnings, errors and tracebacks through to stderr.
+    Works at the file-descriptor level so forked task processes are covered."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump() -> None:
+        show = True
+        with open(read_fd, "rb") as src, open(log_path, "ab") as log, open(os.dup(saved), "wb", buffering=0) as out:
+            for line in src:
+                log.write(line)
+                m = _LOG_LINE.match(line.decode(errors="replace"))
+                if m:
+                    show = m.group(2) in ("WARNING", "ERROR", "CRITICAL")
+                if show:
+                    out.write(line)
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        thread.join(timeout=2)
+
+
 def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | None = None,
              workers: int | None = None, echo=print) -> RunResult:
     """Run every data stage of a recipe, reusing cached stages."""
@@ -179,13 +220,15 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
     tasks, workers = tasks or ex.tasks, workers or ex.workers
     stages = plan(recipe)
     result = RunResult()
+    err = sys.stderr
     for i, stage in enumerate(stages, 1):
         tag = f"[{i}/{len(stages)}] {stage.id} ({stage.op.name}) {stage.fingerprint[:12]}"
-        echo(f"{tag} ...", file=sys.stderr)
-        run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name)
+        echo(f"{tag} ...", file=err, flush=True)
+        with datatrove_logs_to(cache.root / "logs" / f"{stage.fingerprint}.log"):
+            run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name)
         result.stages.append(run)
         how = "cached" if run.cached else f"{run.seconds:.1f}s"
-        echo(f"{tag}: {run.stats['rows_in']} -> {run.stats['rows_out']} rows ({how})", file=sys.stderr)
+        echo(f"{tag}: {run.stats['rows_in']} -> {run.stats['rows_out']} rows ({how})", file=err, flush=True)
     return result
 
 
