@@ -1,0 +1,223 @@
+"""SFT runner: fail-fast checks on broken inputs, and a short real run on the nano student."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, TrainerState
+
+from data_pipeline.nano.student import IM_END, build_student, load_tokenizer
+from sft.trainer import SFTConfigError, build_sft_config, check_sft_args, run_sft
+
+CARD = {
+    "recipe_name": "nano-test",
+    "recipe_version": "0.1.0",
+    "fingerprint": "fp-1234abcd",
+    "dataset_repo": "local/nano-test",
+    "dataset_revision": "v0.1.0",
+    "base_model": "nano-2m",
+}
+ARGS = {
+    "learning_rate": 3e-3,
+    "max_steps": 20,
+    "per_device_train_batch_size": 8,
+    "global_batch_size": 8,
+    "max_length": 128,
+    "logging_steps": 5,
+    "save_steps": 10,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+PLAIN_CHATML = (  # no {% generation %} markers
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+EOS_OUTSIDE = (  # markers, but the end-of-turn token is left out of the trained span
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}{% endgeneration %}"
+    "{% else %}{{ m['content'] }}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}"
+)
+
+
+def trace(a: int, b: int) -> str:
+    """Digit-by-digit addition, least significant digit first."""
+    lines, carry = [], 0
+    da, db = str(a)[::-1], str(b)[::-1]
+    for i in range(max(len(da), len(db))):
+        x = int(da[i]) if i < len(da) else 0
+        y = int(db[i]) if i < len(db) else 0
+        lines.append(f"{x}+{y}+{carry}={x + y + carry}")
+        carry = (x + y + carry) // 10
+    return "\n".join(lines) + f"\nAnswer: {a + b}"
+
+
+def write_chats(path: Path, n: int = 64, seed: int = 0, extra: list | None = None) -> str:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.randrange(1000), rng.randrange(1000)
+        rows.append([{"role": "user", "content": f"Compute {a} + {b}."}, {"role": "assistant", "content": trace(a, b)}])
+    rows += extra or []
+    pq.write_table(pa.table({"messages": rows, "id": [f"r{i}" for i in range(len(rows))]}), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sft")
+    build_student(root / "base")
+    write_chats(root / "train.parquet")
+    return root
+
+
+def broken_student(work: Path, name: str, edit) -> Path:
+    """A copy of the base student with one file edited."""
+    target = work / name
+    if not target.exists():
+        shutil.copytree(work / "base", target)
+        edit(target)
+    return target
+
+
+def edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def run(work: Path, base: Path, out: str, train: str | None = None, **overrides):
+    args = {**ARGS, **overrides}
+    return run_sft(args, base, [train or str(work / "train.parquet")], work / out, card=CARD)
+
+
+# --- checks on sft.args ----------------------------------------------------------------
+
+
+def test_unknown_arg_suggests_field():
+    problems = check_sft_args({"max_seq_length": 256, "learning_rat": 1e-3, "learning_rate": 1e-3})
+    assert len(problems) == 2
+    assert "sft.args.max_seq_length" in problems[0] and "`max_length`" in problems[0]
+    assert "sft.args.learning_rat" in problems[1] and "`learning_rate`" in problems[1]
+    assert check_sft_args({**ARGS, "max_truncated_share": 0.1}) == []
+    assert any("output_dir" in p for p in check_sft_args({"output_dir": "x"}))
+    assert any("global_batch_size" in p for p in check_sft_args({"global_batch_size": 0}))
+
+
+def test_unknown_arg_fails_run(work):
+    with pytest.raises(SFTConfigError, match=r"sft\.args\.max_seq_length.*max_length"):
+        run(work, work / "base", "unknown", max_seq_length=64)
+
+
+def test_global_batch_size(work, tmp_path):
+    config = build_sft_config({"per_device_train_batch_size": 8, "global_batch_size": 32}, tmp_path, world_size=2)
+    assert config.gradient_accumulation_steps == 2
+    assert config.assistant_only_loss and config.report_to == []
+    assert config.train_sampling_strategy == "group_by_length"  # CPU default without packing
+    assert config.activation_checkpointing is False and config.bf16 is False
+    assert build_sft_config({"packing": True}, tmp_path).train_sampling_strategy == "random"
+    with pytest.raises(SFTConfigError, match="not divisible"):
+        run(work, work / "base", "gbs", per_device_train_batch_size=4, global_batch_size=10)
+    with pytest.raises(SFTConfigError, match="disagrees"):
+        build_sft_config({"per_device_train_batch_size": 4, "global_batch_size": 8, "gradient_accumulation_steps": 4}, tmp_path)
+
+
+# --- checks on the model, tokenizer and data -------------------------------------------
+
+
+def test_template_without_generation_markers(work):
+    base = broken_student(work, "plain", lambda d: (d / "chat_template.jinja").write_text(PLAIN_CHATML))
+    with pytest.raises(SFTConfigError, match="generation"):
+        run(work, base, "plain-out")
+
+
+def test_template_leaves_eos_untrained(work):
+    base = broken_student(work, "eos-outside", lambda d: (d / "chat_template.jinja").write_text(EOS_OUTSIDE))
+    with pytest.raises(SFTConfigError, match="EOS disagreement"):
+        run(work, base, "eos-outside-out")
+
+
+def test_pad_equals_eos(work):
+    base = broken_student(work, "pad-eos", lambda d: edit_json(d / "tokenizer_config.json", pad_token=IM_END))
+    assert load_tokenizer(base).pad_token == IM_END
+    with pytest.raises(SFTConfigError, match="pad token == eos"):
+        run(work, base, "pad-eos-out")
+
+
+def test_generation_config_eos_disagrees(work):
+    eot = load_tokenizer(work / "base").convert_tokens_to_ids("<|endoftext|>")
+    base = broken_student(work, "gen-eos", lambda d: edit_json(d / "generation_config.json", eos_token_id=eot))
+    with pytest.raises(SFTConfigError, match="EOS disagreement.*generation_config"):
+        run(work, base, "gen-eos-out")
+
+
+def test_row_without_assistant_turn(work):
+    train = write_chats(work / "no-assistant.parquet", n=8, extra=[[{"role": "user", "content": "hi"}]] * 40)
+    with pytest.raises(SFTConfigError, match="no assistant message"):
+        run(work, work / "base", "no-assistant-out", train=train)
+
+
+def test_too_many_long_rows(work):
+    with pytest.raises(SFTConfigError, match=r"100\.0% of train rows \(64/64\) are longer than max_length=32"):
+        run(work, work / "base", "long-out", max_length=32)
+    long_row = [{"role": "user", "content": "x" * 200}, {"role": "assistant", "content": "y"}]
+    train = write_chats(work / "one-long.parquet", n=63, extra=[long_row])
+    with pytest.raises(SFTConfigError, match=r"1\.6% of train rows \(1/64\)"):
+        run(work, work / "base", "long-out", train=train, max_truncated_share=0.01)
+
+
+# --- a real run ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread():
+    """Train on one thread: on a shared 2-core machine, two spinning OpenMP threads run up to 30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_short_training_run(work, one_thread):
+    stats = run(work, work / "base", "trained")
+    out = work / "trained"
+    assert stats["steps"] == 20 and stats["train_tokens"] > 0 and stats["tokens_per_s"] > 0
+    assert stats["truncated_share"] == 0.0 and stats["resumed_from"] is None
+    state = TrainerState.load_from_json(str(out / "checkpoints" / "checkpoint-20" / "trainer_state.json"))
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    assert len(losses) == 4 and losses[-1] < 0.75 * losses[0], losses
+    assert stats["final_loss"] == pytest.approx(losses[-1])
+
+    # The saved model and tokenizer load and generate; EOS and pad survive training.
+    tokenizer = load_tokenizer(out)
+    assert tokenizer.eos_token == IM_END and tokenizer.pad_token != tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.generation_config.eos_token_id in (tokenizer.eos_token_id, [tokenizer.eos_token_id])
+    prompt = [{"role": "user", "content": "Compute 12 + 34."}]
+    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+    text = tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :])
+    assert "+" in text  # it has started to learn the trace format
+
+    # The card carries the recipe's provenance and the run.
+    card_text = (out / "README.md").read_text()
+    meta = yaml.safe_load(card_text.split("---")[1])
+    assert meta["commonthoughts"]["fingerprint"] == CARD["fingerprint"]
+    assert meta["commonthoughts"]["recipe"] == {"name": "nano-test", "version": "0.1.0"}
+    assert meta["commonthoughts"]["dataset"] == {"repo": "local/nano-test", "revision": "v0.1.0"}
+    assert meta["tags"] == ["commonthoughts", "sft"] and meta["base_model"] == "nano-2m"
+    for needle in ("`learning_rate`", "`global_batch_size`", "`gradient_accumulation_steps`", "final_loss", "wall_time_s"):
+        assert needle in card_text
+
+    # Resuming picks up the last checkpoint and only runs the missing steps.
+    more = run(work, work / "base", "trained", max_steps=24)
+    assert more["resumed_from"] == "checkpoint-20" and more["steps"] == 24
+    assert more["train_tokens"] > stats["train_tokens"]
