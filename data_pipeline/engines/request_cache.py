@@ -9,7 +9,9 @@ not cached, so a rerun retries them.
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+import time
 from pathlib import Path
 
 from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling, request_key
@@ -20,9 +22,19 @@ class RequestCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        # Switching to WAL takes an exclusive lock and does not wait on the busy
+        # timeout: several stage tasks opening the cache at once can see
+        # "database is locked", so retry it.
+        for attempt in range(100):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 99:
+                    raise
+                time.sleep(0.05 + random.random() * 0.1)
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
         self.hits = 0
         self.misses = 0
 
