@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from data_pipeline.errors import PipelineError, RecipeError
+from data_pipeline.errors import RecipeError, run_command
 
 
 def _load(path: str):
@@ -96,11 +96,4 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-publish", action="store_true")
     r.add_argument("--stats-json")
     args = ap.parse_args(argv)
-    try:
-        return {"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run}[args.cmd](args)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command({"validate": cmd_validate, "plan": cmd_plan, "run": cmd_run}[args.cmd], args)

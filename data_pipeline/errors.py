@@ -34,3 +34,19 @@ class RecipeError(Exception):
 
 class PipelineError(RuntimeError):
     """A stage failed to run; the message says which stage and why."""
+
+
+def run_command(fn, *args, **kwargs) -> int:
+    """Run a CLI command: 2 for a bad recipe (every problem on stderr), 1 for a
+    failed run, else the command's own status (0 when it returns None)."""
+    import sys
+
+    try:
+        status = fn(*args, **kwargs)
+    except RecipeError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0 if status is None else int(status)

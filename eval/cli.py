@@ -12,12 +12,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from data_pipeline.errors import PipelineError, RecipeError
+from data_pipeline.errors import PipelineError, RecipeError, run_command
 
 
 def results_dir(registry, model_repo: str, revision: str) -> Path:
@@ -63,7 +62,7 @@ def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None
 
 def results_table(results: dict) -> str:
     name = results.get("recipe", {}).get("name", "?")
-    lines = [f"| recipe | benchmark | problems x samples | pass@1 [95% CI] | pass@k | no answer | truncated |",
+    lines = ["| recipe | benchmark | problems x samples | pass@1 [95% CI] | pass@k | no answer | truncated |",
              "|---|---|---|---|---|---:|---:|"]
     for bench, r in results["benchmarks"].items():
         m = r["metrics"]
@@ -111,20 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("b")
     c.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    try:
-        if args.cmd == "run":
-            run(args.recipe, registry_root=args.registry, limit=args.limit)
-        else:
-            res = compare(args.a, args.b)
-            if args.json:
-                print(json.dumps(res, indent=2))
-            for bench, r in res.items():
-                print(f"{bench}: A={r['a']:.3f} B={r['b']:.3f} delta={r['delta']:+.3f} "
-                      f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] p={r['p_value']:.4f} ({r['problems']} problems)")
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    if args.cmd == "run":
+        return run_command(lambda: run(args.recipe, registry_root=args.registry, limit=args.limit) and None)
+    return run_command(print_comparison, args.a, args.b, as_json=args.json)
+
+
+def print_comparison(a: str, b: str, as_json: bool = False) -> None:
+    res = compare(a, b)
+    if as_json:
+        print(json.dumps(res, indent=2))
+    for bench, r in res.items():
+        print(f"{bench}: A={r['a']:.3f} B={r['b']:.3f} delta={r['delta']:+.3f} "
+              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] p={r['p_value']:.4f} ({r['problems']} problems)")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from data_pipeline.cache import StageCache
-from data_pipeline.errors import PipelineError, RecipeError
+from data_pipeline.errors import RecipeError, run_command
 from data_pipeline.fingerprint import model_fingerprint
 from data_pipeline.registry import LocalRegistry, fp_tag
 
@@ -112,12 +112,5 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--cache")
     t.add_argument("--registry")
     args = ap.parse_args(argv)
-    try:
-        train(args.recipe, if_missing=args.if_missing, cache_root=args.cache, registry_root=args.registry)
-    except RecipeError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: train(args.recipe, if_missing=args.if_missing, cache_root=args.cache,
+                                      registry_root=args.registry) and None)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.registry import LocalRegistry, read_card_data
+from data_pipeline.registry import LocalRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "tests/recipes/good/small.yaml"

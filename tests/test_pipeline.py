@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import datasets
-import pyarrow.parquet as pq
-import pytest
 
 from data_pipeline.cache import StageCache
 from data_pipeline.cli import main as cli_main

@@ -67,7 +67,13 @@ class TransformersEngine(Engine):
         dtype = options.get("dtype") or ("float32" if self.device.type == "cpu" else "auto")
         # A Hub id is only loaded from the local cache: engines never download.
         load = {"revision": revision, "local_files_only": True}
-        self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
+        if Path(model).is_dir():
+            # keeps a generic tokenizer.json as written (see nano.student.load_tokenizer)
+            from data_pipeline.nano.student import load_tokenizer
+
+            self.tokenizer = load_tokenizer(model)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, **load)
         if not self.tokenizer.chat_template:
             raise ValueError(f"{model}: the tokenizer has no chat template")
         self.hf_model = AutoModelForCausalLM.from_pretrained(
