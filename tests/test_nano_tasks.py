@@ -55,12 +55,17 @@ def random_operands(family: str, level: int, rng: random.Random) -> tuple[int, i
     return (max(a, b), min(a, b)) if family == "sub" else (a, b)
 
 
+RESTATE = re.compile(r"\d+[+*-]\d+")
+
+
 def written_digits(text: str) -> list[int]:
     """Check every line of a trace is internally consistent; return the written digits."""
     *lines, last = text.split("\n")
     digits = []
     carry = 0
-    for line in lines:
+    for i, line in enumerate(lines):
+        if i == 0 and RESTATE.fullmatch(line):  # the trace restates the operands first
+            continue
         if final := FINAL.fullmatch(line):
             digits.append(int(final[1]))
             continue
@@ -159,7 +164,7 @@ def test_reference_solutions_box_the_gold_answer():
 
 def test_reference_traces_are_short_and_regular():
     assert reference_solution("Compute 347 + 589.") == (
-        "7+9=16, write 6 carry 1\n4+8+1=13, write 3 carry 1\n3+5+1=9, write 9 carry 0\n\\boxed{936}"
+        "347+589\n7+9=16, write 6 carry 1\n4+8+1=13, write 3 carry 1\n3+5+1=9, write 9 carry 0\n\\boxed{936}"
     )
     assert reference_solution("Subtract 498 from 503.").endswith("5-4-1=0, write 0 borrow 0\n\\boxed{5}")
     assert reference_solution("What is 347 times 6?").endswith("write 2\n\\boxed{2082}")
@@ -369,7 +374,7 @@ def correct_carry(trace, position: int) -> int:
     """The carry that enters `position` in a correct trace."""
     if position == trace.columns:
         return trace.digits[-1]
-    return int(COLUMN.fullmatch(trace.lines[position - 1])[9])
+    return int(COLUMN.fullmatch(trace.lines[position])[9])
 
 
 def test_noisy_teacher_learns_a_wrong_rule_in_consistent_traces(problems):

@@ -121,9 +121,10 @@ def test_global_batch_size(work, tmp_path):
     config = build_sft_config({"per_device_train_batch_size": 8, "global_batch_size": 32}, tmp_path, world_size=2)
     assert config.gradient_accumulation_steps == 2
     assert config.assistant_only_loss and config.report_to == []
-    assert config.train_sampling_strategy == "group_by_length"  # CPU default without packing
+    assert config.train_sampling_strategy == "random"  # never grouped by length unless asked
     assert config.activation_checkpointing is False and config.bf16 is False
-    assert build_sft_config({"packing": True}, tmp_path).train_sampling_strategy == "random"
+    grouped = build_sft_config({"train_sampling_strategy": "group_by_length"}, tmp_path)
+    assert grouped.train_sampling_strategy == "group_by_length"
     with pytest.raises(SFTConfigError, match="not divisible"):
         run(work, work / "base", "gbs", per_device_train_batch_size=4, global_batch_size=10)
     with pytest.raises(SFTConfigError, match="disagrees"):

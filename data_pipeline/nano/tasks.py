@@ -205,7 +205,10 @@ def work_columns(family: str, operands: Operands, fault: Fault = Fault()) -> Tra
     top += [0] * (columns - len(top))
     bottom += [0] * (columns - len(bottom))
     word = "borrow" if family == "sub" else "carry"
-    lines: list[str] = []
+    # The trace starts by restating the operands: a small student copies a
+    # number as a whole far more easily than it finds "the k-th digit from the
+    # right" in free text, and the column lines can then read the restatement.
+    lines: list[str] = [f"{a}{ {'add': '+', 'sub': '-', 'mul': '*'}[family] }{b}"]
     digits: list[int] = []
     carried: list[int] = []
     carry = 0
