@@ -97,6 +97,9 @@ def test_changing_verify_reuses_the_teachers_answers(tmp_path: Path):
     assert cached == {"mix": True, "filter": True, "dedup": True, "decontaminate": True, "distill": True,
                       "verify": False, "format": False}
     assert again.stages[-1].stats["rows_out"] > base.stages[-1].stats["rows_out"]
+    # ... and the verdicts: each (gold, response) pair is scored once
+    verify = {s.stage.id: s for s in again.stages}["verify"].stats["extra"]
+    assert verify["verdicts_scored"] == 0 and verify["verdicts_cached"] > 0
     # more samples: the first two come from the request cache, only the new ones are sent
     more = _write_variant(tmp_path, "more", ("samples: 2", "samples: 3"))
     third = run_data(load_recipe(more), cache, echo=lambda *x, **k: None)

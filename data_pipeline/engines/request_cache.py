@@ -8,53 +8,26 @@ not cached, so a rerun retries them.
 
 from __future__ import annotations
 
-import json
-import random
-import sqlite3
-import time
 from pathlib import Path
 
 from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling, request_key
+from data_pipeline.kvstore import KVStore
 
 
 class RequestCache:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        # Switching to WAL takes an exclusive lock and does not wait on the busy
-        # timeout: several stage tasks opening the cache at once can see
-        # "database is locked", so retry it.
-        for attempt in range(100):
-            try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, completion TEXT NOT NULL)")
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 99:
-                    raise
-                time.sleep(0.05 + random.random() * 0.1)
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.store = KVStore(path, "responses")
         self.hits = 0
         self.misses = 0
 
     def get_many(self, keys: list[str]) -> dict[str, Completion]:
-        out: dict[str, Completion] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i: i + 500]
-            q = f"SELECT key, completion FROM responses WHERE key IN ({','.join('?' * len(chunk))})"
-            for k, v in self.db.execute(q, chunk):
-                out[k] = Completion(**json.loads(v))
-        return out
+        return {k: Completion(**v) for k, v in self.store.get_many(keys).items()}
 
     def put_many(self, items: list[tuple[str, Completion]]) -> None:
-        rows = [(k, json.dumps(c.to_dict(), sort_keys=True)) for k, c in items if c.finish_reason != "error"]
-        if rows:
-            with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO responses (key, completion) VALUES (?, ?)", rows)
+        self.store.put_many([(k, c.to_dict()) for k, c in items if c.finish_reason != "error"])
 
     def close(self) -> None:
-        self.db.close()
+        self.store.close()
 
 
 def cached_generate(engine: Engine, cache: RequestCache, requests: list[GenerationRequest], sampling: Sampling,
