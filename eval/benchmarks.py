@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-try:  # the lead's name registry lets `data_pipeline` validate recipes' benchmark names
-    from data_pipeline.registries import register_benchmark_name
-except ImportError:  # pragma: no cover - older trees
-    register_benchmark_name = None
+# the name registry lets `data_pipeline` validate recipes' benchmark names
+from data_pipeline.registries import register_benchmark_name
 
 # The usual reasoning-model instruction (DeepSeek-R1, Qwen2.5-Math); `{problem}` is
 # replaced literally (no str.format), so templates may contain braces.
@@ -93,8 +91,7 @@ BENCHMARKS: dict[str, Benchmark] = {}
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
     """Add (or replace) a benchmark in the registry."""
     BENCHMARKS[benchmark.name] = benchmark
-    if register_benchmark_name is not None:
-        register_benchmark_name(benchmark.name)
+    register_benchmark_name(benchmark.name)
     return benchmark
 
 
