@@ -173,3 +173,28 @@ def test_local_file_source_with_field_map(workdir: Path):
     first = plan(r)[0].fingerprint
     src.write_text(src.read_text() + "\n" + json.dumps({"question": "What is 1 plus 2?", "gold": "3"}))
     assert plan(load_recipe(recipe))[0].fingerprint != first  # the file's content is its revision
+
+
+def test_hub_source_through_the_offline_mirror(workdir: Path, monkeypatch):
+    """`hf://org/name@commit:split` goes through the same loader as the Hub; here an
+    offline mirror maps it to the real GSM8K test file in the shared data."""
+    from eval.benchmarks import shared_data_dir
+
+    gsm8k = shared_data_dir() / "gsm8k" / "test.jsonl"
+    commit = "740312add88f781978c0658806c59bc2815b9866"
+    mirror = workdir / "mirror.json"
+    mirror.write_text(json.dumps({f"openai/gsm8k@{commit}": str(gsm8k)}))
+    monkeypatch.setenv("COMMONTHOUGHTS_HF_MIRROR", str(mirror))
+    (workdir / "recipes").mkdir()
+    recipe = workdir / "recipes" / "hub.yaml"
+    recipe.write_text(
+        "name: hub-src\nversion: 0.1.0\ndata:\n  sources:\n"
+        f"    gsm8k: {{uri: 'hf://openai/gsm8k@{commit}:test', count: 300, fields: {{problem: question, answer: answer}}}}\n"
+        "  stages:\n    dedup: {}\n    decontaminate: {benchmarks: [gsm8k]}\n")
+    r = load_recipe(recipe)
+    assert plan(r)[0].op.fingerprint_extra(plan(r)[0].params) == {"gsm8k": commit}
+    result = run_data(r, StageCache(), echo=lambda *x, **k: None)
+    f = {x["stage"]: x for x in result.funnel()}
+    assert f["mix"]["rows_out"] == 300
+    # the GSM8K test set is, of course, entirely contaminated with the GSM8K benchmark
+    assert f["decontaminate"]["dropped"] == {"contaminated:gsm8k": f["dedup"]["rows_out"]}
