@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -30,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from data_pipeline.cache import atomic_write_bytes, write_parquet
 from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling
 from eval.benchmarks import Benchmark, data_sha256, get_benchmark
 from eval.metrics import avg_at_n, bootstrap_ci, mean_pass_at_k
@@ -199,34 +198,14 @@ DETAILS_SCHEMA = pa.schema(
 )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_results(out_dir: str | Path, results: dict[str, Any], details: dict[str, list[dict[str, Any]]]) -> Path:
     """Write `results.json` and `details.parquet` under `out_dir` (created)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for bench_rows in details.values() for row in bench_rows]
-    table = pa.Table.from_pylist(rows, schema=DETAILS_SCHEMA)
-    _atomic_write(out / DETAILS_FILE, lambda p: pq.write_table(table, p))
-
-    def write_json(p: str) -> None:
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, ensure_ascii=False, default=str)  # e.g. a torch.device
-            f.write("\n")
-
-    _atomic_write(out / RESULTS_FILE, write_json)
+    write_parquet(pa.Table.from_pylist(rows, schema=DETAILS_SCHEMA), out / DETAILS_FILE)
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n"
+    atomic_write_bytes(out / RESULTS_FILE, text.encode("utf-8"))
     return out
 
 
