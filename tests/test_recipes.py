@@ -103,3 +103,10 @@ def test_fingerprints_follow_the_change(tmp_path: Path):
     renamed = tmp_path / "recipes" / "r.yaml"
     renamed.write_text(text.replace("    dedup: {method: exact}", "    exact_dedup: {op: dedup, method: exact, field: problem}"))
     assert plan(load_recipe(renamed))[-1].fingerprint == base[-1].fingerprint
+
+
+def test_every_shipped_recipe_validates(capsys):
+    recipes = sorted(str(p) for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
+    assert recipes and cli_main(["validate", *recipes]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == len(recipes)
