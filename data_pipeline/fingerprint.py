@@ -66,6 +66,20 @@ class PlannedStage:
         }
 
 
+def base_model_identity(sft_model: dict[str, Any]) -> str:
+    """What the student starts from: a config-made init with the hash of the code
+    that makes it, or a pretrained model with its revision."""
+    if sft_model.get("init"):
+        import importlib.util
+        from pathlib import Path
+
+        origin = importlib.util.find_spec("data_pipeline.nano.student").origin
+        return f"init:{sft_model['init']}:" + sha256_hex(Path(origin).read_bytes())[:16]
+    return f"{sft_model['name']}@{sft_model.get('revision')}"
+
+
 def model_fingerprint(dataset_fingerprint: str, sft_section: dict[str, Any]) -> str:
-    """A trained model's fingerprint: its dataset's fingerprint and the recipe's `sft` section."""
-    return sha256_hex(canonical_json({"dataset": dataset_fingerprint, "sft": sft_section}))
+    """A trained model's fingerprint: its dataset's fingerprint, the recipe's `sft`
+    section and the identity of the base model."""
+    base = base_model_identity(sft_section["model"])
+    return sha256_hex(canonical_json({"dataset": dataset_fingerprint, "sft": sft_section, "base": base}))
