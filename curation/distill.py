@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm import tqdm
 
 from data_pipeline.engines import GenerationRequest, Sampling, get_engine
@@ -36,6 +36,15 @@ class DistillParams(OpParams):
     prompt_template: str = "{problem}"
     seed: int = 0
     batch_size: int = Field(default=64, gt=0)
+
+    @model_validator(mode="after")
+    def _known_teacher(self) -> "DistillParams":
+        if self.engine == "procedural":
+            from data_pipeline.nano.teachers import TEACHERS
+
+            if self.model not in TEACHERS:
+                raise ValueError(f"unknown procedural teacher {self.model!r}; known: {sorted(TEACHERS)}")
+        return self
 
     @field_validator("prompt_template")
     @classmethod

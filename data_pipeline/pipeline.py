@@ -186,13 +186,18 @@ def datatrove_logs_to(log_path: Path):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
+    # Every descriptor the pump uses is opened here, before the redirect and
+    # the thread start, so the thread never races the restore below.
+    out = open(os.dup(saved), "wb", buffering=0)
+    log = open(log_path, "ab")
     read_fd, write_fd = os.pipe()
+    src = open(read_fd, "rb")
     os.dup2(write_fd, 2)
     os.close(write_fd)
 
     def pump() -> None:
         show = True
-        with open(read_fd, "rb") as src, open(log_path, "ab") as log, open(os.dup(saved), "wb", buffering=0) as out:
+        with src, log, out:
             for line in src:
                 log.write(line)
                 m = _LOG_LINE.match(line.decode(errors="replace"))
@@ -224,7 +229,9 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
     for i, stage in enumerate(stages, 1):
         tag = f"[{i}/{len(stages)}] {stage.id} ({stage.op.name}) {stage.fingerprint[:12]}"
         echo(f"{tag} ...", file=err, flush=True)
-        with datatrove_logs_to(cache.root / "logs" / f"{stage.fingerprint}.log"):
+        quiet = contextlib.nullcontext() if cache.has(stage.fingerprint) else \
+            datatrove_logs_to(cache.root / "logs" / f"{stage.fingerprint}.log")
+        with quiet:
             run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name)
         result.stages.append(run)
         how = "cached" if run.cached else f"{run.seconds:.1f}s"
