@@ -10,7 +10,6 @@ fingerprint (dataset fingerprint + sft section + base model).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from data_pipeline.cache import StageCache
 from data_pipeline.errors import RecipeError, run_command
-from data_pipeline.fingerprint import model_fingerprint
+from data_pipeline.fingerprint import base_model_identity, model_fingerprint
 from data_pipeline.registry import LocalRegistry, fp_tag
 
 
@@ -45,9 +44,9 @@ def base_model_dir(recipe, cache: StageCache) -> tuple[Path, str]:
     if spec.init is not None:
         from data_pipeline.nano import student
 
-        code = hashlib.sha256(Path(student.__file__).read_bytes()).hexdigest()[:12]
+        identity = base_model_identity(spec.model_dump()).replace(":", "-")  # init-<name>-<code hash>
         seed = int(recipe.spec.sft.args.get("seed", 0))
-        out = cache.root / "models" / "init" / f"{spec.init}-seed{seed}-{code}"
+        out = cache.root / "models" / "init" / f"{identity}-seed{seed}"
         if not (out / "config.json").is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".build-"))
