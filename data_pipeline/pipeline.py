@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import sys
@@ -31,9 +30,6 @@ from data_pipeline.fingerprint import PlannedStage, stage_fingerprint
 from data_pipeline.ops import OPS, OpContext, OpParams, OpResult
 from data_pipeline.recipe import Recipe
 from data_pipeline.rows import DROPPED_SCHEMA, to_table
-
-log = logging.getLogger("commonthoughts")
-
 
 def plan(recipe: Recipe) -> list[PlannedStage]:
     """The stage graph of a recipe, with fingerprints (no data is read, except

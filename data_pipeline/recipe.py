@@ -212,9 +212,6 @@ class Recipe:
 
 # --------------------------------------------------------------------------- merge
 
-_DELETE = object()
-
-
 def merge(parent: Any, child: Any) -> Any:
     """DESIGN.md merge rule: mappings merge, None deletes, the rest replaces."""
     if isinstance(parent, dict) and isinstance(child, dict):
@@ -245,7 +242,7 @@ def _merge_origins(parent: dict, child_data: Any, child_lines: dict, file: str) 
         for k in [k for k in out if k[: len(prefix)] == prefix and len(k) > len(prefix)]:
             del out[k]
 
-    def walk(node: Any, at: tuple, parent_node_is_map: bool) -> None:
+    def walk(node: Any, at: tuple) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 p = at + (k,)
@@ -256,12 +253,12 @@ def _merge_origins(parent: dict, child_data: Any, child_lines: dict, file: str) 
                 if not isinstance(v, dict):
                     drop(p)
                 out[p] = (file, child_lines.get(p))
-                walk(v, p, True)
+                walk(v, p)
         elif isinstance(node, list):
             for i, item in enumerate(node):
                 out[at + (i,)] = (file, child_lines.get(at + (i,)))
 
-    walk(child_data, (), True)
+    walk(child_data, ())
     return out
 
 
