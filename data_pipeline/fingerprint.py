@@ -29,8 +29,12 @@ def sha256_hex(text: str | bytes) -> str:
 
 
 def normalise_params(params: OpParams) -> dict[str, Any]:
+    """Parameters as hashed: without the `op` alias and without the fields an op
+    declares operational (`UNHASHED`: where and how fast it runs, prices)."""
     d = params.model_dump(mode="json")
     d.pop("op", None)
+    for name in getattr(type(params), "UNHASHED", ()):
+        d.pop(name, None)
     return d
 
 

@@ -56,7 +56,14 @@ class OpSpec:
     # True for ops that run their own worker processes (e.g. scoring with
     # hard timeouts): their ranks then run one at a time in the main process,
     # since datatrove's pool workers are daemons and may not have children.
-    self_parallel: bool = False
+    # A callable decides per stage (distill: only with the vllm engine).
+    self_parallel: bool | Callable[[OpParams], bool] = False
+    # Raises ValueError when the stage cannot run on this machine (a missing
+    # package, an unset variable): checked before the first stage of a run.
+    preflight: Callable[[OpParams], None] | None = None
+
+    def runs_in_main_process(self, params: OpParams) -> bool:
+        return self.self_parallel(params) if callable(self.self_parallel) else self.self_parallel
 
 
 OPS: dict[str, OpSpec] = {}
@@ -69,12 +76,14 @@ def register_op(
     params: type[OpParams],
     kind: Literal["map", "global", "source"] = "map",
     fingerprint_extra: Callable[[OpParams], Any] | None = None,
-    self_parallel: bool = False,
+    self_parallel: bool | Callable[[OpParams], bool] = False,
+    preflight: Callable[[OpParams], None] | None = None,
 ):
     def deco(fn: Callable[..., OpResult]) -> Callable[..., OpResult]:
         if name in OPS and OPS[name].fn is not fn:
             raise ValueError(f"op {name!r} registered twice")
-        OPS[name] = OpSpec(name, version, params, kind, fn, fingerprint_extra, (fn.__doc__ or "").strip(), self_parallel)
+        OPS[name] = OpSpec(name, version, params, kind, fn, fingerprint_extra, (fn.__doc__ or "").strip(),
+                          self_parallel, preflight)
         return fn
 
     return deco

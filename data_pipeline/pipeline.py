@@ -151,10 +151,11 @@ def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: in
     else:
         ranks = 1
     work = cache.work_dir(stage.fingerprint)
+    in_main = stage.op.runs_in_main_process(stage.params)
     step = StageStep(stage.id, stage.op.name, stage.params, inputs, str(work), tasks, str(cache.root), recipe_name,
-                     workers if stage.op.self_parallel else 1)
+                     workers if in_main else 1)
     executor = LocalPipelineExecutor(
-        pipeline=[step], tasks=ranks, workers=1 if stage.op.self_parallel else min(workers, ranks),
+        pipeline=[step], tasks=ranks, workers=1 if in_main else min(workers, ranks),
         logging_dir=str(work / "datatrove"),
         skip_completed=True, start_method="fork",
     )
@@ -220,6 +221,15 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
     ex = recipe.spec.data.execution
     tasks, workers = tasks or ex.tasks, workers or ex.workers
     stages = plan(recipe)
+    problems = []
+    for stage in stages:
+        if stage.op.preflight and not cache.has(stage.fingerprint):
+            try:
+                stage.op.preflight(stage.params)
+            except ValueError as e:
+                problems.append(f"stage {stage.id!r} ({stage.op.name}): {e}")
+    if problems:
+        raise PipelineError("cannot run on this machine:\n  " + "\n  ".join(problems))
     result = RunResult()
     err = sys.stderr
     for i, stage in enumerate(stages, 1):

@@ -57,21 +57,14 @@ def _versions() -> dict[str, str]:
 
 
 def _generate(engine: Engine, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
-    """All requests in engine-sized batches (prompts of similar length together),
-    with a progress bar on stderr."""
-    batch = int(getattr(engine, "batch_size", None) or engine.options.get("batch_size") or 32)
-    order = sorted(range(len(requests)), key=lambda i: sum(len(c) for _, c in requests[i].messages))
-    out: list[Completion | None] = [None] * len(requests)
+    """Every request in one call: each engine schedules its own work (the
+    transformers engine batches prompts of similar length, an endpoint keeps
+    its concurrency busy, vLLM batches continuously). Progress on stderr."""
     with tqdm(total=len(requests), desc=f"generate ({engine.name})", unit="sample") as bar:
-        for start in range(0, len(order), batch):
-            idx = order[start : start + batch]
-            completions = engine.generate([requests[i] for i in idx], sampling)
-            if len(completions) != len(idx):
-                raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(idx)}")
-            for i, completion in zip(idx, completions):
-                out[i] = completion
-            bar.update(len(idx))
-    return out  # type: ignore[return-value]
+        completions = engine.generate(requests, sampling, on_result=lambda i, c: bar.update(1))
+    if len(completions) != len(requests) or any(c is None for c in completions):
+        raise RuntimeError(f"engine {engine.name!r} returned {len(completions)} completions for {len(requests)}")
+    return completions
 
 
 def _metrics(details: list[dict[str, Any]], n_problems: int, samples: int, ks: list[int], seed: int) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class FixedEngine(Engine):
 
     name = "fixed"
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling, on_result=None) -> list[Completion]:
         by_problem = {row["problem"]: row["id"] for row in FIXTURE_ROWS}
         out = []
         for r in requests:

@@ -104,7 +104,8 @@ def test_changing_verify_reuses_the_teachers_answers(tmp_path: Path):
     more = _write_variant(tmp_path, "more", ("samples: 2", "samples: 3"))
     third = run_data(load_recipe(more), cache, echo=lambda *x, **k: None)
     d = {s.stage.id: s for s in third.stages}["distill"].stats["extra"]
-    assert d["requests_cached"] == 2 * d["requests"] / 3 and d["requests_sent"] == d["requests"] / 3
+    assert d["requests_cached"] == 2 * d["requests"] / 3 and d["requests_new"] == d["requests"] / 3
+    assert d["attempts"] == d["requests_new"]
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(workdir: Path):

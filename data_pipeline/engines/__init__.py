@@ -8,6 +8,7 @@ from data_pipeline.engines.base import (  # noqa: F401
     Engine,
     GenerationRequest,
     Sampling,
+    engine_class,
     get_engine,
     register_engine,
     request_key,
@@ -16,7 +17,10 @@ from data_pipeline.engines.base import (  # noqa: F401
 _BUILTIN = {
     "procedural": "data_pipeline.engines.procedural",
     "transformers": "data_pipeline.engines.transformers_engine",
+    "endpoint": "data_pipeline.engines.endpoint",
+    "vllm": "data_pipeline.engines.vllm_engine",
 }
+KNOWN_ENGINES = sorted(_BUILTIN)
 
 
 def _load_builtin(name: str) -> None:

@@ -2,9 +2,15 @@
 the eval harness.
 
 One interface, several engines (DESIGN.md "Engines"): `procedural` (nano
-teachers), `transformers` (in-process, small models), later `endpoint` and
-`vllm`. Engines are looked up by name in `ENGINES`; each module registers itself
-with `@register_engine`.
+teachers), `transformers` (in-process, small models), `endpoint` (any
+OpenAI-compatible server) and `vllm` (offline, GPU). Engines are looked up by
+name in `ENGINES`; each module registers itself with `@register_engine`.
+
+`generate` hands each finished completion to `on_result` as soon as it exists
+(the request cache stores it there), so a killed run loses only the requests
+that were in flight. Engines count what happened in `self.counters`
+(`requests_sent`, `errors/<reason>`, `failed/<reason>`, ...): the distill stage
+adds them to its stats.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from collections import Counter
 from typing import Any, Callable
+
+OnResult = Callable[[int, "Completion"], None]
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,19 @@ class Engine(ABC):
         self.model = model
         self.revision = revision
         self.options = options
+        self.counters: Counter[str] = Counter()
+
+    @classmethod
+    def preflight(cls, options: dict[str, Any]) -> None:
+        """Raise ValueError, with what to do, when this engine cannot run here
+        (a missing package, an unset environment variable). Called before the
+        first stage runs, so a run fails at start rather than hours in."""
 
     @abstractmethod
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]: ...
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling,
+                 on_result: OnResult | None = None) -> list[Completion]:
+        """One Completion per request, in order; `on_result(i, completion)` is
+        called for each as soon as it is final."""
 
     def identity(self) -> dict[str, Any]:
         """What makes two engines give the same answers: part of every request key."""
@@ -113,3 +132,12 @@ def get_engine(name: str, model: str, revision: str | None = None, **options: An
     if name not in ENGINES:
         raise KeyError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
     return ENGINES[name](model, revision=revision, **options)
+
+
+def engine_class(name: str) -> type[Engine]:
+    from data_pipeline.engines import _load_builtin
+
+    _load_builtin(name)
+    if name not in ENGINES:
+        raise KeyError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
+    return ENGINES[name]  # type: ignore[return-value]

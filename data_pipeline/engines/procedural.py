@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling, register_engine
+from data_pipeline.engines.base import Completion, Engine, GenerationRequest, OnResult, Sampling, register_engine
 
 
 @register_engine("procedural")
@@ -32,9 +32,10 @@ class ProceduralEngine(Engine):
         code = Path(self._teachers.__file__).read_bytes() + Path(self._teachers.__file__).with_name("tasks.py").read_bytes()
         return {**super().identity(), "code": hashlib.sha256(code).hexdigest()[:16]}
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling,
+                 on_result: OnResult | None = None) -> list[Completion]:
         out = []
-        for req in requests:
+        for i, req in enumerate(requests):
             user = next((c for r, c in reversed(req.messages) if r == "user"), "")
             rng = random.Random(req.seed)
             text, finish = self._teachers.answer(self.model, user, rng)
@@ -42,4 +43,7 @@ class ProceduralEngine(Engine):
                 text, finish = text.encode()[: sampling.max_tokens].decode(errors="ignore"), "length"
             prompt_tokens = sum(len(c.encode()) for _, c in req.messages)
             out.append(Completion(text, finish, prompt_tokens, len(text.encode()), None, self.name, self.model))
+            if on_result:
+                on_result(i, out[-1])
+        self.counters["attempts"] += len(requests)
         return out

@@ -31,22 +31,31 @@ class RequestCache:
 
 
 def cached_generate(engine: Engine, cache: RequestCache, requests: list[GenerationRequest], sampling: Sampling,
-                    batch_size: int = 64, on_batch=None) -> list[Completion]:
-    """Answer requests from the cache, sending only the missing ones to the
-    engine, batch by batch; each answered batch is stored before the next is
-    sent, so a killed run loses at most one batch of work."""
+                    on_result=None, on_new=None) -> list[Completion]:
+    """Answer requests from the cache and send only the missing ones to the
+    engine. Each answer is stored the moment the engine hands it over, so a run
+    killed at any point resends only the requests that were in flight.
+    `on_result(1)` is called per answered request, `on_new(completion)` per
+    completion the engine produced (not cached)."""
     ident = engine.identity()
     keys = [request_key(ident, sampling, r) for r in requests]
     found = cache.get_many(keys)
     cache.hits += len(found)
     todo = [i for i, k in enumerate(keys) if k not in found]
     cache.misses += len(todo)
-    for s in range(0, len(todo), batch_size):
-        idx = todo[s: s + batch_size]
-        outs = engine.generate([requests[i] for i in idx], sampling)
-        cache.put_many([(keys[i], c) for i, c in zip(idx, outs)])
-        for i, c in zip(idx, outs):
-            found[keys[i]] = c
-        if on_batch:
-            on_batch(len(idx))
+
+    def store(j: int, completion: Completion) -> None:
+        i = todo[j]
+        cache.put_many([(keys[i], completion)])
+        found[keys[i]] = completion
+        if on_new:
+            on_new(completion)
+        if on_result:
+            on_result(1)
+
+    if todo:
+        outs = engine.generate([requests[i] for i in todo], sampling, on_result=store)
+        for j, c in enumerate(outs):  # engines that do not call on_result
+            if keys[todo[j]] not in found:
+                store(j, c)
     return [found[k] for k in keys]

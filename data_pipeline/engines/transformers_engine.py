@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from data_pipeline.engines.base import Completion, Engine, GenerationRequest, Sampling, register_engine
+from data_pipeline.engines.base import Completion, Engine, GenerationRequest, OnResult, Sampling, register_engine
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,18 @@ class TransformersEngine(Engine):
         finally:
             torch.set_num_threads(previous)
 
-    def generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
+    def generate(self, requests: list[GenerationRequest], sampling: Sampling,
+                 on_result: OnResult | None = None) -> list[Completion]:
         with self._cpu_threads():
-            return self._generate(requests, sampling)
+            out = self._generate(requests, sampling, on_result)
+        self.counters["attempts"] += len(requests)
+        for c in out:
+            if c.finish_reason == "error":
+                self.counters["failed/engine_error"] += 1
+        return out
 
-    def _generate(self, requests: list[GenerationRequest], sampling: Sampling) -> list[Completion]:
+    def _generate(self, requests: list[GenerationRequest], sampling: Sampling,
+                  on_result: OnResult | None) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
         prompts: dict[int, list[int]] = {}
         for i, request in enumerate(requests):
@@ -137,6 +144,8 @@ class TransformersEngine(Engine):
                 prompts[i] = self.render(request)
             except Exception as exc:  # noqa: BLE001 - e.g. a template that rejects the roles
                 out[i] = self._completion("", "error", 0, 0, error=f"chat template: {exc!r}")
+                if on_result:
+                    on_result(i, out[i])
         # Similar lengths together: less padding. Results do not depend on grouping.
         order = sorted(prompts, key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.batch_size):
@@ -148,6 +157,8 @@ class TransformersEngine(Engine):
                 batch = [self._completion("", "error", len(prompts[i]), 0, error=repr(exc)) for i in idx]
             for i, completion in zip(idx, batch):
                 out[i] = completion
+                if on_result:
+                    on_result(i, completion)
         return out  # type: ignore[return-value]
 
     def _completion(self, text: str, finish: str, n_prompt: int, n_out: int, error: str | None = None) -> Completion:
