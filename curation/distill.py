@@ -238,10 +238,11 @@ def distill(rows: list[dict], params: DistillParams, ctx: OpContext) -> OpResult
     stats["generation_task_s"] = round(time.time() - t0, 3)
     if requests and failures > params.max_failed_fraction * len(requests):
         causes = ", ".join(f"{k.removeprefix('failed/')}: {v}" for k, v in sorted(stats.items()) if k.startswith("failed/"))
+        first = next(c.error for c in outs if c.finish_reason == "error")
         raise RuntimeError(
             f"{failures} of {len(requests)} teacher requests failed ({causes}), more than max_failed_fraction="
-            f"{params.max_failed_fraction}. Answered requests are cached: rerun to send only the failed ones, "
-            "or raise max_failed_fraction to keep the failures as error samples.")
+            f"{params.max_failed_fraction}. First error: {first}. Answered requests are cached: rerun to send only "
+            "the failed ones, or raise max_failed_fraction to keep the failures as error samples.")
     return OpResult(kept, [], stats)
 
 
