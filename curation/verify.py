@@ -83,12 +83,15 @@ def verify(rows: list[dict], params: VerifyParams, ctx: OpContext) -> OpResult:
             stats[f"verdict/{verdict}"] = stats.get(f"verdict/{verdict}", 0) + 1
         any_ok = any(x["verdict"] == "correct" for x in responses)
         for x in responses:
+            # Narrows the selection, never widens it (distill may have
+            # deselected truncated samples: on_truncated=drop).
             if params.keep == "correct":
-                x["selected"] = x["verdict"] == "correct"
+                ok = x["verdict"] == "correct"
             elif params.keep == "any_correct":
-                x["selected"] = any_ok and x["finish_reason"] == "stop"
+                ok = any_ok and x["finish_reason"] == "stop"
             else:
-                x["selected"] = x["finish_reason"] != "error"
+                ok = x["finish_reason"] != "error"
+            x["selected"] = bool(x.get("selected", True)) and ok
         row = dict(r, responses=responses)
         if params.keep != "all" and not gold:
             dropped.append((row, "no_gold_answer"))

@@ -242,7 +242,29 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
         result.stages.append(run)
         how = "cached" if run.cached else f"{run.seconds:.1f}s"
         echo(f"{tag}: {run.stats['rows_in']} -> {run.stats['rows_out']} rows ({how})", file=err, flush=True)
+        teacher = teacher_summary(run.stats.get("extra", {}))
+        if teacher:
+            echo(f"    teacher: {teacher}", file=err, flush=True)
     return result
+
+
+def teacher_summary(extra: dict[str, Any]) -> str | None:
+    """One line on a distill stage's requests, failures, tokens and cost."""
+    if "requests" not in extra:
+        return None
+    parts = [f"{extra['requests']:.0f} requests ({extra.get('requests_cached', 0):.0f} cached, "
+             f"{extra.get('requests_new', 0):.0f} new, {extra.get('attempts', 0):.0f} attempts)"]
+    errors = {k.split("/", 1)[1]: v for k, v in extra.items() if k.startswith("errors/")}
+    failed = {k.split("/", 1)[1]: v for k, v in extra.items() if k.startswith("failed/")}
+    if errors:
+        parts.append("retried errors " + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(errors.items())))
+    parts.append(f"{sum(failed.values()):.0f} failed" + (" (" + ", ".join(f"{k}: {v:.0f}" for k, v in sorted(failed.items())) + ")" if failed else ""))
+    if extra.get("truncated"):
+        parts.append(f"{extra['truncated']:.0f} truncated")
+    parts.append(f"tokens {extra.get('prompt_tokens', 0):,.0f} prompt / {extra.get('completion_tokens', 0):,.0f} completion")
+    if "cost" in extra:
+        parts.append(f"cost {extra['cost']:.4f} (this run {extra.get('new_cost', 0):.4f})")
+    return "; ".join(parts)
 
 
 def funnel_table(result: RunResult) -> str:

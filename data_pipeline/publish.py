@@ -36,6 +36,33 @@ def _write_config(table: pa.Table, folder: Path) -> int:
     return n
 
 
+TEACHER_FIELDS = ("requests", "requests_cached", "requests_new", "attempts", "retries", "prompt_tokens",
+                  "completion_tokens", "new_prompt_tokens", "new_completion_tokens", "truncated", "cost", "new_cost",
+                  "generation_task_s")
+
+
+def _teacher_section(result: RunResult) -> str:
+    """Teacher accounting per distill stage: what the data cost to make."""
+    rows = []
+    for s in result.stages:
+        extra = s.stats.get("extra", {})
+        if "requests" not in extra:
+            continue
+        p = s.stage.params
+        price = getattr(p, "price", None)
+        fields = {k: extra[k] for k in TEACHER_FIELDS if k in extra}
+        fields.update({k: v for k, v in sorted(extra.items()) if k.startswith(("errors/", "failed/", "finish/"))})
+        head = f"### {s.stage.id}: {getattr(p, 'engine', '?')} `{getattr(p, 'model', '?')}`" + \
+            (f" @ `{p.revision}`" if getattr(p, "revision", None) else "")
+        if price:
+            head += f" (prices per million tokens: {price.prompt_per_mtok} prompt, {price.completion_per_mtok} completion, {price.currency})"
+        rows.append(head + "\n\n| | |\n|---|---:|\n" + "".join(f"| {k} | {v:,.6g} |\n" for k, v in fields.items()))
+    if not rows:
+        return ""
+    return ("\n## Teacher\n\nCounts of the run that built each stage; `new_*` is what that run paid for "
+            "(the rest came from the request cache).\n\n" + "\n".join(rows))
+
+
 def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int]) -> str:
     stages = [{"id": s.stage.id, "op": s.stage.op.name, "op_version": s.stage.op.version,
                "fingerprint": s.stage.fingerprint} for s in result.stages]
@@ -53,7 +80,8 @@ def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int]) -> s
         f"---\n{data.to_yaml()}\n---\n\n# {recipe.name} {recipe.version}\n\n{recipe.spec.description.strip()}\n\n"
         f"Made by the CommonThoughts recipe engine. Fingerprint: `{result.fingerprint}`.\n\n"
         "| config | rows |\n|---|---:|\n" + "".join(f"| {k} | {v} |\n" for k, v in counts.items()) +
-        f"\n## Stage funnel\n\n{funnel_table(result)}\n\n## Recipe (resolved)\n\n```yaml\n{resolved}```\n"
+        f"\n## Stage funnel\n\n{funnel_table(result)}\n" + _teacher_section(result) +
+        f"\n## Recipe (resolved)\n\n```yaml\n{resolved}```\n"
     )
 
 
