@@ -6,6 +6,12 @@ stages reuse the teacher's answers from the cache (its data time as a share
 of the first run's), then the weak-teacher ablation; each scored on
 nano-bench, with paired bootstraps of each ablation against base. Writes
 `bench/results/nano_run.json` and `bench/results/nano_calibration.json`.
+
+`distill`: the distill stage against a real OpenAI-compatible server on
+loopback (`transformers serve --continuous-batching`, a tiny random Qwen2),
+requests per second at concurrency 1 and at the recipe's concurrency, side by
+side in one run (alternating, two rounds, each from an empty cache). Writes
+`bench/results/distill_endpoint.json`.
 """
 
 from __future__ import annotations
@@ -100,7 +106,74 @@ def bench_nano() -> list[Path]:
     return paths
 
 
-BENCHES = {"nano": bench_nano}
+DISTILL_CONCURRENCY = 8  # the bench recipe's runtime.concurrency
+
+
+def _distill_recipe(folder: Path, base_url: str, model: str, concurrency: int) -> Path:
+    recipe = {
+        "name": f"distill-bench-c{concurrency}", "version": "1.0.0",
+        "data": {"sources": {"arith": {"uri": "nano://arith?levels=1-3", "count": 96, "seed": 11}},
+                 "execution": {"tasks": 1, "workers": 1},
+                 "stages": {"dedup": {"method": "exact"},
+                            "distill": {"engine": "endpoint", "model": model, "samples": 2,
+                                        "sampling": {"temperature": 0.0, "max_tokens": 32},
+                                        "runtime": {"base_url": base_url, "concurrency": concurrency}}}},
+        "sft": {"model": {"init": "nano-2m"}, "args": {"max_steps": 1, "max_length": 128}},
+        "eval": {"benchmarks": ["nano-bench"]},
+    }
+    (folder / "recipes").mkdir(parents=True, exist_ok=True)
+    path = folder / "recipes" / f"c{concurrency}.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def bench_distill() -> list[Path]:
+    from data_pipeline.cache import StageCache
+    from data_pipeline.engines import GenerationRequest, Sampling, get_engine
+    from data_pipeline.engines.local_server import TransformersServe, build_tiny_chat_model
+    from data_pipeline.pipeline import run_data
+    from data_pipeline.recipe import load_recipe
+    from data_pipeline.registries import load_plugins
+
+    load_plugins()
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="ct-bench-distill-") as tmp:
+        tmp_path = Path(tmp)
+        model = str(build_tiny_chat_model(tmp_path / "tiny"))
+        with TransformersServe(model, extra_args=("--continuous-batching",), log_path=tmp_path / "serve.log") as server:
+            warm = get_engine("endpoint", model, base_url=server.base_url, concurrency=DISTILL_CONCURRENCY)
+            warm.generate([GenerationRequest.from_messages([{"role": "user", "content": f"warm up {i}"}], 0, i)
+                           for i in range(16)], Sampling(0.0, 1.0, 32))
+            for r in range(2):
+                for c in (1, DISTILL_CONCURRENCY):
+                    recipe = load_recipe(_distill_recipe(tmp_path, server.base_url, model, c))
+                    result = run_data(recipe, StageCache(tmp_path / f"cache-{r}-{c}"), echo=lambda *a, **k: None)
+                    st = {s.stage.id: s for s in result.stages}["distill"]
+                    extra = st.stats["extra"]
+                    rounds.append({"round": r, "concurrency": c, "requests": extra["requests_new"],
+                                   "stage_s": round(st.seconds, 3),
+                                   "requests_per_s": round(extra["requests_new"] / st.seconds, 2),
+                                   "failed": sum(v for k, v in extra.items() if k.startswith("failed/"))})
+
+    def median_rps(c: int) -> float:
+        xs = sorted(x["requests_per_s"] for x in rounds if x["concurrency"] == c)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+    doc = {
+        "benchmark": "distill_endpoint",
+        "env": _env(),
+        "server": "transformers serve --continuous-batching, tiny random Qwen2 (2 layers, 64 wide), CPU",
+        "rounds": rounds,
+        "requests_per_s": {"concurrency_1": median_rps(1), f"concurrency_{DISTILL_CONCURRENCY}": median_rps(DISTILL_CONCURRENCY)},
+        "speedup": round(median_rps(DISTILL_CONCURRENCY) / median_rps(1), 2),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    p = RESULTS / "distill_endpoint.json"
+    p.write_text(json.dumps(doc, indent=2) + "\n")
+    return [p]
+
+
+BENCHES = {"nano": bench_nano, "distill": bench_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

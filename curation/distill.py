@@ -184,6 +184,8 @@ def distill(rows: list[dict], params: DistillParams, ctx: OpContext) -> OpResult
     sampling = Sampling(params.sampling.temperature, params.sampling.top_p, params.sampling.max_tokens)
     cache = RequestCache(ctx.cache_root / "requests.sqlite")
     requests = []
+    no_problem = [r for r in rows if not (r.get("problem") or "").strip()]
+    rows = [r for r in rows if (r.get("problem") or "").strip()]
     for r in rows:
         msgs = render(params, r["problem"])
         r["prompt"] = msgs
@@ -243,7 +245,7 @@ def distill(rows: list[dict], params: DistillParams, ctx: OpContext) -> OpResult
             f"{failures} of {len(requests)} teacher requests failed ({causes}), more than max_failed_fraction="
             f"{params.max_failed_fraction}. First error: {first}. Answered requests are cached: rerun to send only "
             "the failed ones, or raise max_failed_fraction to keep the failures as error samples.")
-    return OpResult(kept, [], stats)
+    return OpResult(kept, [(r, "empty_problem") for r in no_problem], stats)
 
 
 def _generate_counting(engine, cache: RequestCache, requests: list[GenerationRequest], sampling: Sampling, bar,

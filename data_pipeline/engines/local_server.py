@@ -77,9 +77,10 @@ class TransformersServe:
     manager. `base_url` is the `/v1` root for the endpoint engine."""
 
     def __init__(self, model_dir: str | Path, *, port: int | None = None, log_path: Path | None = None,
-                 threads: int = 1, startup_timeout_s: float = 180):
+                 threads: int = 1, startup_timeout_s: float = 180, extra_args: tuple[str, ...] = ()):
         self.model_dir, self.port = str(model_dir), port or free_port()
         self.log_path, self.threads, self.startup_timeout_s = log_path, threads, startup_timeout_s
+        self.extra_args = tuple(extra_args)  # e.g. ("--continuous-batching",)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -88,7 +89,7 @@ class TransformersServe:
 
     def __enter__(self) -> "TransformersServe":
         cmd = [*_serve_command(), self.model_dir, "--host", "127.0.0.1", "--port", str(self.port),
-               "--device", "cpu", "--log-level", "warning"]
+               "--device", "cpu", "--log-level", "warning", *self.extra_args]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false"}
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
