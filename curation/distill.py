@@ -170,9 +170,10 @@ def _cost(price: Price | None, prompt: int, completion: int) -> float | None:
 
 
 def _in_main_process(params: DistillParams) -> bool:
-    # vLLM starts its own engine and tensor-parallel worker processes, which
-    # datatrove's daemonic pool workers may not do.
-    return params.engine == "vllm"
+    # vLLM starts its own engine and tensor-parallel worker processes, and
+    # replicated engines their replicas, which datatrove's daemonic pool
+    # workers may not do.
+    return params.engine == "vllm" or params.runtime.data_parallel_size > 1
 
 
 @register_op("distill", version="2", params=DistillParams, kind="map", self_parallel=_in_main_process,

@@ -139,3 +139,21 @@ def test_gpu_groups_for_data_and_tensor_parallel():
     assert gpu_group(0, 1, 1, ["3"]) == ["3"]
     with pytest.raises(ValueError, match="needs 8 GPUs, 4 visible"):
         gpu_group(0, 4, 2, gpus[:4])
+
+
+def test_two_teacher_replicas_make_the_same_data(tmp_path):
+    """runtime.data_parallel_size is not hashed because it changes no data:
+    the stage made by two replicas is byte-identical to one replica's."""
+    from data_pipeline.engines.local_server import build_tiny_chat_model
+
+    model = str(build_tiny_chat_model(tmp_path / "tiny"))
+    outputs = []
+    for dp in (1, 2):
+        path = _recipe(tmp_path, f"dp{dp}", engine="transformers", model=model, max_failed_fraction=0.0,
+                       sampling={"temperature": 0.7, "max_tokens": 8},
+                       runtime={"data_parallel_size": dp, "threads": 1, "batch_size": 8})
+        cache = StageCache(tmp_path / f"cache{dp}")
+        result = run_data(load_recipe(path), cache, echo=_quiet)
+        fp = {s.stage.id: s.stage.fingerprint for s in result.stages}["distill"]
+        outputs.append((fp, sorted((p.name, p.read_bytes()) for p in (cache.root / "stages" / fp / "data").iterdir())))
+    assert outputs[0] == outputs[1]

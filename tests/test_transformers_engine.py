@@ -155,3 +155,30 @@ def test_failures_are_reported_not_raised(tiny_model):
     out = eng.generate(requests, Sampling(max_tokens=2))
     assert [c.finish_reason for c in out] == ["error"] * 3
     assert all("out of memory" in c.error for c in out)
+
+
+def test_data_parallel_replicas_give_the_same_answers(tiny_model):
+    """Two replicas in spawned processes: every request answered once, handed
+    over as its chunk returns, and the same samples as one engine (each sample
+    is seeded by its request, not by where it ran)."""
+    sampling = Sampling(temperature=0.8, max_tokens=12)
+    requests = _requests() * 3  # 27 requests, chunks of 4: replicas take turns
+    single = engine(tiny_model, batch_size=4).generate(requests, sampling)
+    replicated = get_engine("transformers", str(tiny_model), threads=1, batch_size=4, data_parallel_size=2)
+    try:
+        assert type(replicated).__name__ == "ReplicatedEngine" and replicated.chunk_size == 64
+        replicated.chunk_size = 4
+        seen: list[int] = []
+        out = replicated.generate(requests, sampling, on_result=lambda i, c: seen.append(i))
+        assert replicated.identity() == engine(tiny_model).identity()
+        assert sorted(seen) == list(range(len(requests)))
+        assert [c.text for c in out] == [c.text for c in single]
+        assert replicated.counters["attempts"] == len(requests)
+    finally:
+        replicated.close()
+    assert not any(p.is_alive() for p in replicated._procs)
+
+
+def test_a_replica_that_cannot_start_is_reported(tmp_path):
+    with pytest.raises(RuntimeError, match=r"replica \d failed to start"):
+        get_engine("transformers", str(tmp_path / "no-such-model"), data_parallel_size=2)

@@ -131,6 +131,12 @@ def get_engine(name: str, model: str, revision: str | None = None, **options: An
     _load_builtin(name)
     if name not in ENGINES:
         raise KeyError(f"unknown engine {name!r}; known: {sorted(ENGINES)}")
+    from data_pipeline.engines.replicas import REPLICABLE, ReplicatedEngine
+
+    replicas = int(options.get("data_parallel_size") or 1)
+    if replicas > 1 and name in REPLICABLE:
+        ENGINES[name].preflight(options)
+        return ReplicatedEngine(name, model, revision, replicas, **options)
     return ENGINES[name](model, revision=revision, **options)
 
 

@@ -10,18 +10,14 @@ Options (distill `runtime`, not hashed): `tensor_parallel_size` (1),
 Options that change the answers (hashed, `engine_options`): `dtype` ("auto"),
 `max_model_len`, `chat_template_kwargs`.
 
-Data parallelism: the stage's tasks are the replicas. Run the distill stage
-with `execution.workers` = data_parallel_size; each worker process takes its
-own group of `tensor_parallel_size` GPUs (`gpu_group`), set in
-CUDA_VISIBLE_DEVICES before vLLM is imported. On a cluster, the Slurm or Ray
-executor gives each task its own GPUs instead.
+Data parallelism (`data_parallel_size` > 1): `get_engine` starts that many
+replicas of this engine, each in its own process on its own group of
+`tensor_parallel_size` GPUs (replicas.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
-import os
 from typing import Any
 
 from data_pipeline.engines.base import Completion, Engine, GenerationRequest, OnResult, Sampling, register_engine
@@ -34,25 +30,10 @@ def gpu_group(slot: int, tensor_parallel: int, data_parallel: int, visible: list
     group of `tensor_parallel` devices out of `visible`."""
     need = tensor_parallel * data_parallel
     if len(visible) < need:
-        raise ValueError(f"vllm engine: tensor_parallel_size={tensor_parallel} x data_parallel_size={data_parallel} "
+        raise ValueError(f"tensor_parallel_size={tensor_parallel} x data_parallel_size={data_parallel} "
                          f"needs {need} GPUs, {len(visible)} visible")
     replica = slot % data_parallel
     return visible[replica * tensor_parallel: (replica + 1) * tensor_parallel]
-
-
-def _worker_slot() -> int:
-    """0-based index of this process among the stage's pool workers (0 in the main process)."""
-    ident = multiprocessing.current_process()._identity  # set by multiprocessing pools: (1,), (2,), ...
-    return ident[0] - 1 if ident else 0
-
-
-def _visible_gpus() -> list[str]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [d for d in env.split(",") if d.strip()]
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 @register_engine("vllm")
@@ -61,12 +42,9 @@ class VLLMEngine(Engine):
         super().__init__(model, revision=revision, **options)
         self.preflight(options)
         tp = int(options.get("tensor_parallel_size", 1))
-        dp = int(options.get("data_parallel_size", 1))
         self.batch_size = int(options.get("batch_size", 512))
         self.chat_template_kwargs = options.get("chat_template_kwargs") or {}
-        if dp > 1:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_group(_worker_slot(), tp, dp, _visible_gpus()))
-        import vllm  # after CUDA_VISIBLE_DEVICES: vLLM reads it at import
+        import vllm
 
         self._vllm = vllm
         kwargs: dict[str, Any] = {"tensor_parallel_size": tp, "dtype": options.get("dtype", "auto"),
