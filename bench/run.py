@@ -141,10 +141,11 @@ def bench_distill() -> list[Path]:
         tmp_path = Path(tmp)
         model = str(build_tiny_chat_model(tmp_path / "tiny"))
         with TransformersServe(model, extra_args=("--continuous-batching",), log_path=tmp_path / "serve.log") as server:
-            warm = get_engine("endpoint", model, base_url=server.base_url, concurrency=DISTILL_CONCURRENCY)
-            warm.generate([GenerationRequest.from_messages([{"role": "user", "content": f"warm up {i}"}], 0, i)
-                           for i in range(16)], Sampling(0.0, 1.0, 32))
-            for r in range(2):
+            for c in (DISTILL_CONCURRENCY, 1):  # warm the server up at both concurrencies
+                warm = get_engine("endpoint", model, base_url=server.base_url, concurrency=c)
+                warm.generate([GenerationRequest.from_messages([{"role": "user", "content": f"warm up {i}"}], 0, i)
+                               for i in range(16)], Sampling(0.0, 1.0, 32))
+            for r in range(3):
                 for c in (1, DISTILL_CONCURRENCY):
                     recipe = load_recipe(_distill_recipe(tmp_path, server.base_url, model, c))
                     result = run_data(recipe, StageCache(tmp_path / f"cache-{r}-{c}"), echo=lambda *a, **k: None)
