@@ -14,12 +14,13 @@ import json
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import urlparse
 
-# plan(key, attempt) -> None (forward) | "500" | "429" | "drop"
+# plan(key, attempt) -> None (forward) | "500" | "429" | "503" | "drop" | "slow:<seconds>"
 FaultPlan = Callable[[str, int], "str | None"]
 
 
@@ -68,6 +69,11 @@ class TeacherProxy:
                     self.close_connection = True
                     return  # never forwarded: the server does not see it
                 fault = proxy.plan(key, attempt) if proxy.plan else None
+                if fault and fault.startswith("slow:"):
+                    with proxy.lock:
+                        proxy.injected["slow"] += 1
+                    time.sleep(float(fault.split(":")[1]))  # then forward: the client has given up
+                    fault = None
                 if fault:
                     with proxy.lock:
                         proxy.injected[fault] += 1

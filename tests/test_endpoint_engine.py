@@ -153,6 +153,22 @@ def test_faults_are_retried_counted_and_failures_kept(server, workdir):
     assert len(errors) == permanent and all("http_500 after 3 attempts" in x["error"] and not x["selected"] for x in errors)
 
 
+def test_a_slow_answer_times_out_and_is_retried(server):
+    slow = {}
+
+    def plan(key: str, attempt: int) -> str | None:
+        if attempt == 0 and not slow:
+            slow[key] = True
+            return "slow:2"
+        return None
+
+    with TeacherProxy(server.base_url, plan) as proxy:
+        eng = get_engine("endpoint", server.model_dir, base_url=proxy.base_url, timeout_s=0.5, backoff_s=0.0)
+        out = eng.generate(_requests(3), Sampling(temperature=0.0, max_tokens=4))
+    assert all(c.finish_reason == "length" for c in out)
+    assert eng.counters["errors/timeout"] == proxy.injected["slow"] == 1 and eng.counters["attempts"] == 4
+
+
 def test_too_many_failures_fail_the_stage_and_a_rerun_sends_only_those(server, workdir):
     failing = {"on": True}
 

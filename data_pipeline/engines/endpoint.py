@@ -161,9 +161,8 @@ class EndpointEngine(Engine):
         path = "/chat/completions" if self.api == "chat" else "/completions"
         self.counters["attempts"] += 1
         try:
-            async with asyncio.timeout(self.timeout_s):
-                response = await client.post(path, json=payload)
-        except TimeoutError as e:
+            response = await asyncio.wait_for(client.post(path, json=payload), self.timeout_s)
+        except asyncio.TimeoutError as e:
             raise _Retryable("timeout", f"no answer within {self.timeout_s:g}s") from e
         except httpx.TimeoutException as e:
             raise _Retryable("timeout", repr(e)) from e
