@@ -174,7 +174,16 @@ def bench_distill() -> list[Path]:
     return [p]
 
 
-BENCHES = {"nano": bench_nano, "distill": bench_distill}
+def _curation(name: str):
+    def run() -> list[Path]:
+        from bench import curation
+
+        return getattr(curation, f"bench_{name}")()
+    return run
+
+
+BENCHES = {"nano": bench_nano, "distill": bench_distill, "dedup": _curation("dedup"),
+           "decontaminate": _curation("decontaminate"), "verify": _curation("verify")}
 
 
 def main(argv: list[str] | None = None) -> int:

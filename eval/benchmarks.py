@@ -107,6 +107,12 @@ def benchmark_problems(name: str) -> list[str]:
     return [row["problem"] for row in get_benchmark(name).rows()]
 
 
+def benchmark_texts(name: str, field: str) -> list[tuple[str, str]]:
+    """(row id, text) of one field of a benchmark's rows where present:
+    `problem`, `answer` or `solution` (decontamination)."""
+    return [(str(row["id"]), str(row[field])) for row in get_benchmark(name).rows() if row.get(field)]
+
+
 # ------------------------------------------------------------------ offline data
 
 
@@ -130,6 +136,9 @@ def _read_jsonl(relative: str) -> list[dict[str, Any]]:
 
 GSM8K_FILE = "gsm8k/test.jsonl"
 MATH500_FILE = "qwen25math-eval/math500/test.jsonl"
+AIME24_FILE = "qwen25math-eval/aime24/test.jsonl"
+AIME25_FILE = "evalchemy-bench/aime25/aime25.json"  # JSON lines despite the name
+AMC23_FILE = "qwen25math-eval/amc23/test.jsonl"
 
 
 def _load_nano_bench() -> list[dict[str, Any]]:
@@ -147,7 +156,8 @@ def gsm8k_gold(solution: str) -> str:
 
 def _load_gsm8k() -> list[dict[str, Any]]:
     return [
-        {"id": f"gsm8k/test/{i:04d}", "problem": r["question"], "answer": gsm8k_gold(r["answer"])}
+        {"id": f"gsm8k/test/{i:04d}", "problem": r["question"], "answer": gsm8k_gold(r["answer"]),
+         "solution": r["answer"].split("####")[0].strip()}
         for i, r in enumerate(_read_jsonl(GSM8K_FILE))
     ]
 
@@ -158,11 +168,30 @@ def _load_math500() -> list[dict[str, Any]]:
             "id": r["unique_id"],
             "problem": r["problem"],
             "answer": r["answer"],
+            "solution": r["solution"],
             "subject": r["subject"],
             "level": r["level"],
         }
         for r in _read_jsonl(MATH500_FILE)
     ]
+
+
+def _load_aime24() -> list[dict[str, Any]]:
+    return [{"id": f"aime24/{r['id']}", "problem": r["problem"], "answer": str(r["answer"]), "solution": r.get("solution")}
+            for r in _read_jsonl(AIME24_FILE)]
+
+
+def _load_aime25() -> list[dict[str, Any]]:
+    return [{"id": f"aime25/{r['id']}", "problem": r["problem"], "answer": str(r["answer"])}
+            for r in _read_jsonl(AIME25_FILE)]
+
+
+def _load_amc23() -> list[dict[str, Any]]:
+    def number(x: Any) -> str:  # the file stores 27 as 27.0
+        return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+    return [{"id": f"amc23/{r['id']}", "problem": r.get("problem") or r["question"], "answer": number(r["answer"])}
+            for r in _read_jsonl(AMC23_FILE)]
 
 
 register_benchmark(
@@ -204,5 +233,47 @@ register_benchmark(
         revision="6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be",
         offline_path=MATH500_FILE,
         description="MATH-500 (the PRM800K test subset of MATH); gold is the `answer` field.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="aime24",
+        version="1",
+        load=_load_aime24,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=16,
+        ks=(1, 4, 16),
+        hub_id="HuggingFaceH4/aime_2024",  # split "train"; revision to pin on a machine with Hub access
+        offline_path=AIME24_FILE,
+        description="AIME 2024 I and II (30); integer answers 0-999.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="aime25",
+        version="1",
+        load=_load_aime25,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=16,
+        ks=(1, 4, 16),
+        hub_id="opencompass/AIME2025",  # configs AIME2025-I, AIME2025-II; revision to pin with Hub access
+        offline_path=AIME25_FILE,
+        description="AIME 2025 I and II (30); integer answers 0-999.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="amc23",
+        version="1",
+        load=_load_amc23,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=16,
+        ks=(1, 4, 16),
+        hub_id="math-ai/amc23",  # split "test"; revision to pin with Hub access
+        offline_path=AMC23_FILE,
+        description="AMC 2023 (40 problems of AMC 12A/12B as used by Qwen2.5-Math); numeric answers.",
     )
 )
