@@ -269,3 +269,37 @@ def score_many(
         logger.warning("scoring: %d of %d samples timed out after %.1fs", timeouts, n, timeout_s)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- multiple choice
+
+_CHOICE_PATTERNS = [
+    # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
+    r"\\boxed\s*\{\s*(?:\\text\{\s*)?\(?\s*([{L}])\s*\)?\s*\}?\s*\}",
+    # "the answer is (B)", "Answer: B", "final answer: **C**", "correct option is D"; the
+    # letter is upper case or in parentheses, so "the answer is a prime" reads nothing
+    r"(?i:answer|option|choice)\s*(?i:is)?\s*[:\-]?\s*\**\s*(?:\(\s*([{L}{l}])\s*\)|([{L}]))(?![A-Za-z0-9])",
+    # a line that is only the letter: "(C)", "C.", "**D**"
+    r"(?m)^\s*\**\s*\(?\s*([{L}])\s*[).:]?\s*\**\s*$",
+]
+
+
+def extract_choice(response: str, letters: str = "ABCD") -> str | None:
+    """The option letter a response gives as its final answer, or None.
+
+    Only letters in an answer position count: in `\\boxed{}`, after "answer
+    is"/"Answer:"/"option", or alone on a line; the last such mention wins. A
+    letter inside a word ("A train leaves...") or a bare "I" is never read as
+    an answer, which is where simple `[A-D]` searches go wrong."""
+    region = answer_region(response)
+    best: tuple[int, str] | None = None
+    for pattern in _CHOICE_PATTERNS:
+        regex = pattern.replace("{L}", re.escape(letters)).replace("{l}", re.escape(letters.lower()))
+        for m in re.finditer(regex, region):
+            group = next(g for g in range(1, (m.lastindex or 1) + 1) if m.group(g))
+            letter = m.group(group).upper()
+            if letter in letters and (best is None or m.start(group) > best[0]):
+                best = (m.start(group), letter)
+        if best is not None and pattern.startswith("\\\\boxed"):
+            return best[1]  # a boxed letter is the answer, whatever text follows
+    return best[1] if best else None
