@@ -63,7 +63,36 @@ def _teacher_section(result: RunResult) -> str:
             "(the rest came from the request cache).\n\n" + "\n".join(rows))
 
 
-def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int]) -> str:
+def _contamination_section(dropped: pa.Table | None, examples: int = 3) -> str:
+    """Per benchmark: the rows decontamination removed, how they matched, and
+    a few examples (the row's problem and the benchmark row it matched)."""
+    if dropped is None:
+        return ""
+    import json
+
+    hits: dict[str, list[dict]] = {}
+    for row in dropped.select(["problem", "meta", "drop_reason"]).to_pylist():
+        if (row["drop_reason"] or "").startswith("contaminated:"):
+            info = json.loads(row["meta"] or "{}").get("contamination", {})
+            hits.setdefault(row["drop_reason"].split(":", 1)[1], []).append({**info, "problem": row["problem"] or ""})
+    if not hits:
+        return ""
+    lines = ["\n## Decontamination\n", "| benchmark | rows removed | by n-gram overlap | by fuzzy match |",
+             "|---|---:|---:|---:|"]
+    for bench, rows in sorted(hits.items()):
+        by = {m: sum(r.get("method") == m for r in rows) for m in ("ngram", "fuzzy")}
+        lines.append(f"| {bench} | {len(rows)} | {by['ngram']} | {by['fuzzy']} |")
+    lines.append("")
+    for bench, rows in sorted(hits.items()):
+        lines.append(f"Examples ({bench}):\n")
+        for r in rows[:examples]:
+            text = " ".join(r["problem"].split())[:160].replace("|", "\\|")
+            lines.append(f"- `{r.get('id')}` ({r.get('method')}, {r.get('field')}, score {r.get('score')}): {text}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int], report: str = "") -> str:
     stages = [{"id": s.stage.id, "op": s.stage.op.name, "op_version": s.stage.op.version,
                "fingerprint": s.stage.fingerprint} for s in result.stages]
     funnel = [{k: f[k] for k in ("stage", "rows_in", "rows_out", "dropped", "extra")} for f in result.funnel()]
@@ -80,7 +109,7 @@ def dataset_card(recipe: Recipe, result: RunResult, counts: dict[str, int]) -> s
         f"---\n{data.to_yaml()}\n---\n\n# {recipe.name} {recipe.version}\n\n{recipe.spec.description.strip()}\n\n"
         f"Made by the CommonThoughts recipe engine. Fingerprint: `{result.fingerprint}`.\n\n"
         "| config | rows |\n|---|---:|\n" + "".join(f"| {k} | {v} |\n" for k, v in counts.items()) +
-        f"\n## Stage funnel\n\n{funnel_table(result)}\n" + _teacher_section(result) +
+        f"\n## Stage funnel\n\n{funnel_table(result)}\n" + _teacher_section(result) + report +
         f"\n## Recipe (resolved)\n\n```yaml\n{resolved}```\n"
     )
 
@@ -109,7 +138,8 @@ def publish_dataset(recipe: Recipe, result: RunResult, cache: StageCache, regist
         for name, table in tables.items():
             _write_config(table, staged / ("data" if name == "default" else name))
             counts[name] = table.num_rows
-        (staged / "README.md").write_text(dataset_card(recipe, result, counts))
+        report = _contamination_section(tables.get("dropped"))
+        (staged / "README.md").write_text(dataset_card(recipe, result, counts, report))
         commit = registry.publish("datasets", repo, staged, tags=[f"v{recipe.version}", fp_tag(result.fingerprint)],
                                   message=f"{recipe.name} {recipe.version} ({result.fingerprint[:12]})")
     return repo, commit

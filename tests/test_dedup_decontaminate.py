@@ -171,3 +171,12 @@ def test_decontaminate_stage_reports_per_benchmark(tmp_path):
     dropped = pq.read_table(cache.root / "stages" / st.stage.fingerprint / "dropped").to_pylist()
     metas = [json.loads(r["meta"])["contamination"] for r in dropped]
     assert {m["benchmark"] for m in metas} == {"math500", "aime25"} and all(m["id"] for m in metas)
+    # the dataset card reports them per benchmark, with examples
+    from data_pipeline.publish import publish_dataset
+    from data_pipeline.registry import LocalRegistry
+
+    registry = LocalRegistry(tmp_path / "registry")
+    repo, commit = publish_dataset(load_recipe(recipe), result, cache, registry)
+    card = (registry.root / "datasets" / repo / "README.md").read_text()
+    assert "## Decontamination" in card and "| aime25 | 2 | 2 | 0 |" in card and "| math500 | 3 | 3 | 0 |" in card
+    assert "`aime25/I-1` (ngram, problem" in card
