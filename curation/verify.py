@@ -196,7 +196,8 @@ def _judge_code(rows, refs, params, ctx, stats) -> None:
             if code is None:
                 x["verdict"], x["extracted"] = "no_answer", None
                 continue
-            items.append({"program": code, "tests": tests})
+            # a list of asserts, a test script, or {tests|cases, entry_point?, setup?}
+            items.append({"program": code, **(tests if isinstance(tests, dict) else {"tests": tests})})
             targets.append(x)
     for x, v in zip(targets, score_code_many(items, workers=max(1, ctx.workers),
                                               per_test_timeout_s=params.timeout_s,

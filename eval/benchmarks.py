@@ -30,8 +30,18 @@ BOXED_TEMPLATE = "{problem}\n\nPlease reason step by step, and put your final an
 PLACEHOLDER = "{problem}"
 
 
+ANSWER_TYPES = ("math", "multiple_choice", "code")
+
+
 @dataclass(frozen=True)
 class Benchmark:
+    """One benchmark. Rows have `id`, `problem`, `answer` and per answer type:
+    math: `answer` is the gold answer; multiple_choice: `choices` (option texts)
+    and `answer` the correct option's text (the harness shuffles the options
+    per question from the seed and renders them lettered); code: `answer` is a
+    reference program and `tests` the tests it passes (assert statements, a
+    HumanEval `check` function with `entry_point`, or stdin/stdout cases)."""
+
     name: str
     version: str
     load: Callable[[], list[dict[str, Any]]]  # rows with "id", "problem", "answer"
@@ -47,6 +57,8 @@ class Benchmark:
     def __post_init__(self) -> None:
         if PLACEHOLDER not in self.prompt_template:
             raise ValueError(f"benchmark {self.name!r}: prompt_template lacks {PLACEHOLDER}")
+        if self.answer_type not in ANSWER_TYPES:
+            raise ValueError(f"benchmark {self.name!r}: answer_type must be one of {ANSWER_TYPES}")
         object.__setattr__(self, "ks", tuple(sorted(set(int(k) for k in self.ks))))
 
     def render(self, problem: str) -> str:
@@ -76,6 +88,7 @@ class Benchmark:
             "prompt_sha256": hashlib.sha256(self.prompt_template.encode()).hexdigest(),
             "hub_id": self.hub_id,
             "revision": self.revision,
+            "offline": self.offline_path is not None,
         }
 
 
@@ -123,13 +136,23 @@ def shared_data_dir() -> Path:
 
 
 def _read_jsonl(relative: str) -> list[dict[str, Any]]:
+    import gzip
+
     path = shared_data_dir() / relative
     if not path.is_file():
         raise FileNotFoundError(
             f"offline benchmark file {path} not found; set COMMONTHOUGHTS_SHARED_DATA to the shared data folder"
         )
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _hub_only(name: str, hub_id: str) -> Callable[[], list[dict[str, Any]]]:
+    def load() -> list[dict[str, Any]]:
+        raise FileNotFoundError(
+            f"benchmark {name!r} has no offline mirror: it is read from the Hub ({hub_id}) on a machine with access")
+    return load
 
 
 # ------------------------------------------------------------------ definitions
@@ -139,6 +162,10 @@ MATH500_FILE = "qwen25math-eval/math500/test.jsonl"
 AIME24_FILE = "qwen25math-eval/aime24/test.jsonl"
 AIME25_FILE = "evalchemy-bench/aime25/aime25.json"  # JSON lines despite the name
 AMC23_FILE = "qwen25math-eval/amc23/test.jsonl"
+MINERVA_FILE = "qwen25math-eval/minerva_math/test.jsonl"
+OLYMPIAD_FILE = "qwen25math-eval/olympiadbench/test.jsonl"
+HUMANEVAL_FILE = "humaneval/HumanEval.jsonl.gz"
+MBPP_FILE = "evalchemy-bench/mbpp/mbpp.jsonl"
 
 
 def _load_nano_bench() -> list[dict[str, Any]]:
@@ -275,5 +302,134 @@ register_benchmark(
         hub_id="math-ai/amc23",  # split "test"; revision to pin with Hub access
         offline_path=AMC23_FILE,
         description="AMC 2023 (40 problems of AMC 12A/12B as used by Qwen2.5-Math); numeric answers.",
+    )
+)
+
+
+def _load_minerva() -> list[dict[str, Any]]:
+    from eval.scoring import last_boxed
+
+    return [{"id": f"minerva/{r['idx']}", "problem": r["problem"], "answer": last_boxed(r["solution"]),
+             "solution": r["solution"], "type": r["type"]} for r in _read_jsonl(MINERVA_FILE)]
+
+
+def _load_olympiad() -> list[dict[str, Any]]:
+    rows = []
+    for r in _read_jsonl(OLYMPIAD_FILE):
+        answer = ", ".join(a.strip().strip("$").strip() for a in r["final_answer"])
+        problem = r["question"] if not r.get("context") else f"{r['context']}\n\n{r['question']}"
+        rows.append({"id": f"olympiadbench/{r['id']}", "problem": problem, "answer": answer,
+                     "solution": "\n".join(r["solution"]), "unit": r.get("unit"), "answer_kind": r["answer_type"]})
+    return rows
+
+
+CODE_TEMPLATE = ("{problem}\n\nWrite the complete solution in Python in a single ```python code block.")
+
+
+def _load_humaneval() -> list[dict[str, Any]]:
+    return [{"id": r["task_id"], "problem": r["prompt"], "answer": r["prompt"] + r["canonical_solution"],
+             "tests": r["test"], "entry_point": r["entry_point"]} for r in _read_jsonl(HUMANEVAL_FILE)]
+
+
+def _load_mbpp() -> list[dict[str, Any]]:
+    # The test split: task ids 11-510 (Austin et al. 2021); the problem shows
+    # the tests, as the original prompt does, so the function name is known.
+    rows = []
+    for r in _read_jsonl(MBPP_FILE):
+        if not 11 <= int(r["task_id"]) <= 510:
+            continue
+        tests = list(r["test_list"])
+        problem = r["text"] + "\nYour code should pass these tests:\n\n" + "\n".join(tests)
+        rows.append({"id": f"mbpp/{r['task_id']}", "problem": problem, "answer": r["code"], "tests": tests,
+                     "setup": r.get("test_setup_code") or ""})
+    return rows
+
+
+register_benchmark(
+    Benchmark(
+        name="minerva_math",
+        version="1",
+        load=_load_minerva,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="math-ai/minervamath",  # revision to pin with Hub access
+        offline_path=MINERVA_FILE,
+        description="Minerva math (272 MIT OCW science problems); gold is the last \\boxed{} of the solution.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="olympiadbench",
+        version="1",
+        load=_load_olympiad,
+        prompt_template=BOXED_TEMPLATE,
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="Hothan/OlympiadBench",  # OE_TO_maths_en_COMP; revision to pin with Hub access
+        offline_path=OLYMPIAD_FILE,
+        description="OlympiadBench, English text-only math competition problems (675); multiple answers joined by ', '.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="humaneval",
+        version="1",
+        load=_load_humaneval,
+        prompt_template=CODE_TEMPLATE,
+        answer_type="code",
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="openai/openai_humaneval",  # revision to pin with Hub access
+        offline_path=HUMANEVAL_FILE,
+        description="HumanEval (164): the program must pass the task's `check` function in the sandbox.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="mbpp",
+        version="1",
+        load=_load_mbpp,
+        prompt_template=CODE_TEMPLATE,
+        answer_type="code",
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="google-research-datasets/mbpp",  # config "full", split "test"; revision to pin with Hub access
+        offline_path=MBPP_FILE,
+        description="MBPP test split (500, task ids 11-510): the program must pass the task's asserts.",
+    )
+)
+
+MC_TEMPLATE = ("{problem}\n\nAnswer with the letter of the correct option; put only the letter in \\boxed{}.")
+
+register_benchmark(
+    Benchmark(
+        name="gpqa_diamond",
+        version="1",
+        load=_hub_only("gpqa_diamond", "Idavidrein/gpqa"),
+        prompt_template=MC_TEMPLATE,
+        answer_type="multiple_choice",
+        default_samples=8,
+        ks=(1, 8),
+        hub_id="Idavidrein/gpqa",  # config gpqa_diamond (gated); options shuffled per question from the seed
+        description="GPQA Diamond (198 graduate-level science questions, 4 options). Hub only.",
+    )
+)
+
+register_benchmark(
+    Benchmark(
+        name="livecodebench",
+        version="1",
+        load=_hub_only("livecodebench", "livecodebench/code_generation_lite"),
+        prompt_template=CODE_TEMPLATE,
+        answer_type="code",
+        default_samples=4,
+        ks=(1, 4),
+        hub_id="livecodebench/code_generation_lite",  # version_tag release_v5; problems dated 2024-08-01..2025-02-01
+        description=("LiveCodeBench code generation, release window 2024-08 to 2025-02 (after the usual teachers' "
+                     "cut-offs); stdin/stdout and functional tests. Hub only."),
     )
 )

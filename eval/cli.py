@@ -1,9 +1,12 @@
-"""`python -m eval {run,compare}`.
+"""`python -m eval {run,rescore,compare}`.
 
 `run RECIPE` scores the recipe's trained student (found in the registry at its
 model fingerprint) on the recipe's benchmarks and writes `results.json` and
 `details.parquet` to `<registry>/results/<model repo>/<model revision>/`.
-`compare A B` is the paired comparison of two results on the same problems.
+`rescore DIR` scores a results folder's responses again without generating
+(after a scorer fix, or to check a published result); `--out` writes the new
+results there. `compare A B` is the paired comparison of two results on the
+same problems.
 """
 
 from __future__ import annotations
@@ -60,6 +63,21 @@ def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None
     return out
 
 
+def rescore_dir(results_dir: str, *, out: str | None = None, workers: int | None = None, echo=print) -> dict:
+    from eval.harness import load_details, load_results, rescore, write_results
+
+    old = load_results(results_dir)
+    new, details = rescore(old, load_details(results_dir), workers=workers or os.cpu_count() or 1)
+    for bench, rec in new["benchmarks"].items():
+        a, b = old["benchmarks"][bench]["metrics"].get("pass@1"), rec["metrics"].get("pass@1")
+        same = old["benchmarks"][bench]["metrics"] == rec["metrics"]
+        echo(f"{bench}: pass@1 {a:.4f} -> {b:.4f} ({'identical metrics' if same else 'metrics changed'})")
+    if out:
+        write_results(out, new, details)
+        echo(f"rescored results: {Path(out) / 'results.json'}")
+    return new
+
+
 def results_table(results: dict) -> str:
     name = results.get("recipe", {}).get("name", "?")
     lines = ["| recipe | benchmark | problems x samples | pass@1 [95% CI] | pass@k | no answer | truncated |",
@@ -105,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("recipe")
     r.add_argument("--registry")
     r.add_argument("--limit", type=int, help="first N problems per benchmark (smoke runs; recorded)")
+    rs = sub.add_parser("rescore", help="score a results folder's responses again (no generation)")
+    rs.add_argument("results_dir")
+    rs.add_argument("--out", help="write the rescored results.json and details.parquet here")
     c = sub.add_parser("compare", help="paired bootstrap of two results folders (B - A)")
     c.add_argument("a")
     c.add_argument("b")
@@ -112,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return run_command(lambda: run(args.recipe, registry_root=args.registry, limit=args.limit) and None)
+    if args.cmd == "rescore":
+        return run_command(lambda: rescore_dir(args.results_dir, out=args.out) and None)
     return run_command(print_comparison, args.a, args.b, as_json=args.json)
 
 

@@ -89,6 +89,97 @@ def _metrics(details: list[dict[str, Any]], n_problems: int, samples: int, ks: l
     return metrics
 
 
+LETTERS = "ABCDEFGHIJ"
+
+
+def render_problem(bench: Benchmark, row: dict[str, Any], seed: int) -> tuple[str, str]:
+    """(user message, gold) for one problem. Multiple choice: the options are
+    shuffled per question from (seed, benchmark, problem id), lettered, and the
+    gold is the correct option's letter; otherwise the gold is the answer."""
+    if bench.answer_type != "multiple_choice":
+        return bench.render(row["problem"]), str(row["answer"])
+    choices = list(row["choices"])
+    order = list(range(len(choices)))
+    np.random.default_rng(derive_seed(seed, bench.name, str(row["id"]), -1)).shuffle(order)
+    shown = [choices[i] for i in order]
+    gold = LETTERS[shown.index(row["answer"])]
+    body = row["problem"] + "\n\n" + "\n".join(f"({LETTERS[j]}) {c}" for j, c in enumerate(shown))
+    return bench.render(body), gold
+
+
+def gold_response(bench: Benchmark, row: dict[str, Any], gold: str) -> str:
+    """A response that gives the gold answer (the registry's self-check)."""
+    if bench.answer_type == "code":
+        return f"```python\n{row['answer']}\n```"
+    if bench.answer_type == "multiple_choice":
+        return f"The answer is \\boxed{{{gold}}}."
+    return f"The answer is \\boxed{{{gold}}}."
+
+
+def _code_program(bench_row: dict[str, Any], response: str) -> str | None:
+    from eval.sandbox import extract_code
+
+    code = extract_code(response or "")
+    if code is None:
+        return None
+    # HumanEval-style prompts import what the signature needs; a chat answer may leave the imports out.
+    imports = [ln for ln in str(bench_row.get("problem", "")).splitlines() if ln.startswith(("import ", "from "))]
+    return "\n".join(imports + [code]) if imports else code
+
+
+def score_samples(bench: Benchmark, rows: dict[str, dict[str, Any]], items: list[dict[str, Any]], *,
+                  workers: int, timeout_s: float) -> list[tuple[bool, str | None, str]]:
+    """(correct, extracted answer, status) for each item (`problem_id`, `gold`,
+    `response`) of one benchmark, by its answer type."""
+    if bench.answer_type == "math":
+        scores = score_many([(it["gold"], it["response"]) for it in items], workers=workers, timeout_s=timeout_s)
+        return [(bool(sc.correct), sc.extracted, sc.status) for sc in scores]
+    if bench.answer_type == "multiple_choice":
+        from eval.scoring import extract_choice
+
+        out = []
+        for it in items:
+            pick = extract_choice(it["response"] or "", LETTERS[: len(rows[it["problem_id"]]["choices"])])
+            out.append((pick == it["gold"], pick, "ok"))
+        return out
+    from eval.sandbox import score_code_many
+
+    programs = [_code_program(rows[it["problem_id"]], it["response"]) for it in items]
+    jobs, where = [], []
+    for i, (it, prog) in enumerate(zip(items, programs)):
+        if prog is None:
+            continue
+        row = rows[it["problem_id"]]
+        job = {"program": prog, "tests": row["tests"]}
+        for key in ("entry_point", "setup"):
+            if row.get(key):
+                job[key] = row[key]
+        jobs.append(job)
+        where.append(i)
+    out: list[tuple[bool, str | None, str]] = [(False, None, "ok")] * len(items)
+    for i, v in zip(where, score_code_many(jobs, workers=workers, per_test_timeout_s=timeout_s,
+                                           total_timeout_s=max(60.0, 10 * timeout_s))):
+        status = "ok" if v.status in ("ok", "passed", "failed") else v.status
+        out[i] = (bool(v.passed), f"{v.n_passed}/{v.n_total} tests", status)
+    return out
+
+
+def summarize(plan: list[tuple[Benchmark, list[dict[str, Any]]]], details: dict[str, list[dict[str, Any]]], *,
+              samples: int, ks: list[int] | None, seed: int, limit: int | None) -> dict[str, Any]:
+    """Per-benchmark record: the definition, data hash and metrics."""
+    per_bench: dict[str, Any] = {}
+    for bench, rows in plan:
+        wanted = sorted(set(ks if ks is not None else bench.ks) | {1})
+        per_bench[bench.name] = {
+            **bench.to_dict(),
+            "data_sha256": data_sha256(rows),
+            "n_problems": len(rows),
+            "limit": limit,
+            "metrics": _metrics(details[bench.name], len(rows), samples, wanted, seed) if rows else {},
+        }
+    return per_bench
+
+
 def evaluate(
     engine: Engine,
     benchmark_names: list[str],
@@ -117,38 +208,26 @@ def evaluate(
         rows = bench.rows()[:limit] if limit else bench.rows()
         plan.append((bench, rows))
         for row in rows:
-            prompt = bench.render(row["problem"])
+            prompt, gold = render_problem(bench, row, seed)
             for j in range(samples):
                 s = derive_seed(seed, bench.name, str(row["id"]), j)
                 requests.append(GenerationRequest.from_messages([{"role": "user", "content": prompt}], j, s))
                 meta.append({
                     "benchmark": bench.name, "problem_id": str(row["id"]), "sample_index": j,
-                    "seed": s, "prompt": prompt, "gold": str(row["answer"]),
+                    "seed": s, "prompt": prompt, "gold": gold,
                 })
 
     completions = _generate(engine, requests, sampling)
     t_generated = time.perf_counter()
-    scores = score_many([(m["gold"], c.text) for m, c in zip(meta, completions)], workers=workers, timeout_s=timeout_s)
-    t_scored = time.perf_counter()
-
     details: dict[str, list[dict[str, Any]]] = {bench.name: [] for bench, _ in plan}
-    for m, c, s in zip(meta, completions, scores):
+    for m, c in zip(meta, completions):
         details[m["benchmark"]].append({
-            **m, "response": c.text, "extracted": s.extracted, "correct": bool(s.correct),
-            "score_status": s.status, "finish_reason": c.finish_reason, "error": c.error,
+            **m, "response": c.text, "extracted": None, "correct": False, "score_status": None,
+            "finish_reason": c.finish_reason, "error": c.error,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
         })
-
-    per_bench: dict[str, Any] = {}
-    for bench, rows in plan:
-        wanted = sorted(set(ks if ks is not None else bench.ks) | {1})
-        per_bench[bench.name] = {
-            **bench.to_dict(),
-            "data_sha256": data_sha256(rows),
-            "n_problems": len(rows),
-            "limit": limit,
-            "metrics": _metrics(details[bench.name], len(rows), samples, wanted, seed) if rows else {},
-        }
+    rescore_details(plan, details, workers=workers, timeout_s=timeout_s)
+    t_scored = time.perf_counter()
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -157,8 +236,9 @@ def evaluate(
         "sampling": sampling.to_dict(),
         "seed": seed,
         "samples": samples,
-        "scoring": {"timeout_s": timeout_s, "versions": _versions()},
-        "benchmarks": per_bench,
+        "ks": ks,
+        "scoring": {"timeout_s": timeout_s, "workers": workers, "versions": _versions()},
+        "benchmarks": summarize(plan, details, samples=samples, ks=ks, seed=seed, limit=limit),
         "timing": {
             "started_at": started.isoformat(),
             "generation_s": t_generated - t0,
@@ -167,6 +247,39 @@ def evaluate(
         },
     }
     return results, details
+
+
+def rescore_details(plan: list[tuple[Benchmark, list[dict[str, Any]]]], details: dict[str, list[dict[str, Any]]], *,
+                    workers: int, timeout_s: float) -> None:
+    """Fill `extracted`, `correct` and `score_status` of every detail row in place."""
+    for bench, rows in plan:
+        by_id = {str(r["id"]): r for r in rows}
+        items = details[bench.name]
+        for d, (correct, extracted, status) in zip(
+                items, score_samples(bench, by_id, items, workers=workers, timeout_s=timeout_s)):
+            d["correct"], d["extracted"], d["score_status"] = correct, extracted, status
+
+
+def rescore(results: dict[str, Any], details: dict[str, list[dict[str, Any]]], *, workers: int = 2
+            ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Score a results folder's responses again (no generation) with the
+    benchmark definitions and scorers installed now. The benchmark data must be
+    the same as when the responses were made (checked by its sha256)."""
+    plan = []
+    for name, rec in results["benchmarks"].items():
+        bench = get_benchmark(name)
+        rows = bench.rows()[: rec["limit"]] if rec.get("limit") else bench.rows()
+        if data_sha256(rows) != rec["data_sha256"]:
+            raise ValueError(f"benchmark {name!r}: its data changed since these responses were scored "
+                             f"({rec['data_sha256'][:12]} then, {data_sha256(rows)[:12]} now)")
+        plan.append((bench, rows))
+    details = {k: [dict(d) for d in v] for k, v in details.items()}
+    rescore_details(plan, details, workers=workers, timeout_s=results["scoring"]["timeout_s"])
+    new = dict(results)
+    new["benchmarks"] = summarize(plan, details, samples=results["samples"], ks=results.get("ks"),
+                                  seed=results["seed"], limit=next(iter(results["benchmarks"].values())).get("limit"))
+    new["scoring"] = {**results["scoring"], "versions": _versions()}
+    return new, details
 
 
 # ---------------------------------------------------------------------- storage

@@ -187,3 +187,43 @@ def test_harness_end_to_end_with_tiny_model(fixture_bench, tmp_path):
 
     out = write_results(tmp_path / "results", results, details)
     assert load_details(out) == details
+
+
+def test_rescoring_a_details_file_reproduces_its_results(fixture_bench, tmp_path):
+    from eval.cli import rescore_dir
+    from eval.harness import rescore
+
+    sampling = Sampling(temperature=0.6, max_tokens=32)
+    results, details = evaluate(FixedEngine("table"), ["test-fixture-5"], samples=2, sampling=sampling, seed=7)
+    run = write_results(tmp_path / "run", results, details)
+    again, again_details = rescore(load_results(run), load_details(run), workers=2)
+    assert again["benchmarks"] == load_results(run)["benchmarks"]
+    assert again_details == load_details(run)
+    lines: list[str] = []
+    rescore_dir(str(run), out=str(tmp_path / "re"), echo=lines.append)
+    assert lines[0].endswith("(identical metrics)")
+    assert load_results(tmp_path / "re")["benchmarks"] == load_results(run)["benchmarks"]
+    # a scorer change shows: tamper with one stored verdict and rescore restores it
+    tampered = load_details(run)
+    tampered["test-fixture-5"][0]["correct"] = not tampered["test-fixture-5"][0]["correct"]
+    fixed, fixed_details = rescore(load_results(run), tampered, workers=1)
+    assert fixed_details == load_details(run)
+
+
+def test_multiple_choice_options_are_shuffled_per_question(tmp_path):
+    from eval.benchmarks import Benchmark, register_benchmark, BENCHMARKS
+    from eval.harness import LETTERS, render_problem
+
+    rows = [{"id": f"q{i}", "problem": f"Question {i}?", "answer": "right", "choices": ["right", "w1", "w2", "w3"]}
+            for i in range(40)]
+    bench = Benchmark(name="test-mc", version="1", load=lambda: rows, prompt_template="{problem}",
+                      answer_type="multiple_choice")
+    golds = []
+    for r in rows:
+        prompt, gold = render_problem(bench, r, seed=0)
+        assert f"({gold}) right" in prompt
+        golds.append(gold)
+        assert render_problem(bench, r, seed=0) == (prompt, gold)  # same seed, same order
+    assert len(set(golds)) == 4  # not one order for every question
+    assert [render_problem(bench, r, seed=1)[1] for r in rows] != golds
+    assert set(golds) <= set(LETTERS[:4])
