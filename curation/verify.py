@@ -249,7 +249,9 @@ def verify(rows: list[dict], params: VerifyParams, ctx: OpContext) -> OpResult:
             meta["reference"] = refs[i]
             row["meta"] = json.dumps(meta, sort_keys=True)
         if params.keep != "all" and i not in refs:
-            dropped.append((row, "no_reference" if params.reference != "gold" else "no_gold_answer"))
+            reason = "no_tests" if params.method == "code" else \
+                "no_reference" if params.reference != "gold" else "no_gold_answer"
+            dropped.append((row, reason))
         elif not any(x["selected"] for x in responses):
             dropped.append((row, "no_correct_sample" if params.keep != "all" else "no_usable_sample"))
         else:

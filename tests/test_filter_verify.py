@@ -107,3 +107,20 @@ def test_majority_vote_is_the_reference_where_there_is_no_gold(tmp_path):
 def test_code_method_rejects_majority_references():
     with pytest.raises(ValueError, match="not to code"):
         VerifyParams(method="code", reference="majority")
+
+
+def test_code_verdicts_run_the_rows_tests_in_the_sandbox(tmp_path):
+    row = new_row("mbpp", "Write a function add(a, b) that returns the sum.", None,
+                  meta=json.dumps({"tests": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]}))
+    row["responses"] = [_sample("Here:\n```python\ndef add(a, b):\n    return a + b\n```", i=0),
+                        _sample("```python\ndef add(a, b):\n    return a - b\n```", i=1),
+                        _sample("I would add them.", i=2),
+                        _sample("```python\nwhile True:\n    pass\n```", i=3)]
+    untested = new_row("mbpp", "No tests here.", None)
+    untested["responses"] = [_sample("```python\nprint(1)\n```", i=0)]
+    out = verify([row, untested], VerifyParams(method="code", keep="correct", timeout_s=2.0), _ctx(tmp_path))
+    (kept,) = out.kept
+    assert [x["verdict"] for x in kept["responses"]] == ["correct", "incorrect", "no_answer", "timeout"]
+    assert kept["responses"][0]["extracted"] == "2/2 tests" and kept["responses"][1]["extracted"] == "0/2 tests"
+    assert [x["selected"] for x in kept["responses"]] == [True, False, False, False]
+    assert out.dropped[0][1] == "no_tests" and out.dropped[0][0]["problem"] == "No tests here."
