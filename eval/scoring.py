@@ -7,8 +7,12 @@
   back to `$gold$`;
 - the response is read as a reasoning model's: everything up to the last
   `</think>` is dropped (a `<think>` never closed leaves no answer), then the content of the LAST `\\boxed{}` (or `\\fbox{}`) is
-  the answer; with no box, math-verify's default extraction (final-answer phrases,
-  `answer:`, LaTeX, plain expressions) reads the whole text.
+  the answer; with no box, the last final-answer statement is (`Answer: 18`,
+  `**Final Answer**` over the answer's line, `the answer is $1,000.`, a Q/A
+  format's `A: 18`, `#### 18`; see `answer_statement`); with neither,
+  math-verify's default extraction (final-answer phrases, `answer:`, LaTeX, plain
+  expressions) reads the whole text, escaped dollar signs (`\\$18`) read as
+  currency.
 
 math-verify's own timeouts use SIGALRM, which only works in a main thread and
 cannot interrupt a computation stuck in C (sympy big integers: `9^{9^{9}}`). So
@@ -26,6 +30,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
 from typing import Any, NamedTuple, Sequence
@@ -39,6 +44,32 @@ logger = logging.getLogger(__name__)
 _EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
 _THINK_START, _THINK_END = "<think>", "</think>"
 _BOX = re.compile(r"\\(?:boxed|fbox)(?:\s*(\{)|\s+)")
+
+# Final-answer statements (read when a response has no box; the last one counts):
+# a line labelled "Answer:" / "Final answer:" (markdown emphasis allowed, the answer on
+# the label's line or, for a label alone on its line, on the next non-empty line);
+# "A: <answer>", the answer line of the Q/A format, only when an answer opens it ("A:
+# Roger has 5 balls." opens a worked solution instead); "#### <answer>" holding only
+# the answer (a markdown heading "#### 3. Check" is not one); "the (final) answer is ...".
+_LABEL_LINE = re.compile(
+    r"^[ \t>*_#-]*?\b(?P<label>final[ \t]+answer|answer|A)\b[ \t*_]*(?P<colon>[:：])?[ \t*_]*(?P<content>[^\n]*)$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_HASH_LINE = re.compile(r"^[ \t]*####[ \t]*(?P<content>[^\n#]+)$", re.MULTILINE)
+_ANSWER_PHRASE = re.compile(
+    r"\b(?:final[ \t]+answer|answer)[ \t*_]*(?:is|would[ \t]+be|will[ \t]+be|should[ \t]+be)\b"
+    r"[ \t]*[:：]?[ \t*_]*(?P<content>[^\n]*)",
+    re.IGNORECASE,
+)
+# A number as an answer is written: sign, currency, thousands separators, decimals, a
+# fraction, a percent sign ("$1,250.50", "-3", ".5", "3/4", "12.5%", "\$18").
+_NUMBER = re.compile(
+    r"[-−+]?[ \t]*(?:\\?\$|[€£¥₹])?[ \t]*[-−+]?"
+    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+|(?=\.\d))(?:\.\d+)?"
+    r"(?:[ \t]*/[ \t]*\d+(?:\.\d+)?)?"
+    r"(?:[ \t]*(?:\\?%|percent\b))?"
+)
+_CONTINUES = "-−+*/×÷=^·"  # an operator after a number: "2 + 3 = 5" is not the answer "2"
 
 
 class _DropTimeoutDisabledNotice(logging.Filter):
@@ -105,6 +136,69 @@ def parse_gold(gold: str) -> tuple[Any, ...]:
     return ()
 
 
+def _leading_answer(content: str) -> str | None:
+    r"""The answer that opens `content`, a statement's text: a LaTeX span (`$...$`,
+    `\(...\)`, `\[...\]`) or a number as `_NUMBER` writes it, followed by nothing that
+    continues a calculation (`2 + 3 = 5`, `3x`, `10+John's age` give none)."""
+    text = content.strip().lstrip("*_ \t")
+    for opening, closing in (("$$", "$$"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$")):
+        if text.startswith(opening) and not (opening == "$" and _NUMBER.match(text)):
+            end = text.find(closing, len(opening))
+            return text[: end + len(closing)] if end > len(opening) else None
+    match = _NUMBER.match(text)
+    if not match or not any(ch.isdigit() for ch in match.group(0)):
+        return None
+    rest = re.sub(r"^(?:\*\*|\*|__)", "", text[match.end() :])  # "**18**"
+    if rest.lstrip()[:1] and rest.lstrip()[0] in _CONTINUES:
+        return None
+    if rest[:1] and (rest[0].isalnum() or rest[0] in "_{\\^"):  # "3x", "2\pi", "10^6"
+        return None
+    if re.match(r"[ \t]*,[ \t]*[-−$]?\d", rest):  # "3,5" (a decimal comma), "3, 5, 7" (a list)
+        return None
+    return match.group(0).strip()
+
+
+def answer_statement(text: str) -> str | None:
+    """The answer given by the last final-answer statement in `text` (see `_LABEL_LINE`):
+    the answer that opens the statement (`_leading_answer`), else the statement's line
+    ("Answer: the total is 18 dollars" gives "the total is 18 dollars"); None when
+    `text` makes no such statement."""
+    best: tuple[int, str] | None = None
+
+    def offer(position: int, answer: str | None) -> None:
+        nonlocal best
+        if answer and answer.strip() and (best is None or position >= best[0]):
+            best = (position, answer.strip())
+
+    for m in _LABEL_LINE.finditer(text):
+        label, content = m.group("label").lower(), m.group("content").strip()
+        if label == "a":  # "A: 18", not "a: ..." nor "A train leaves"
+            if m.group("label") == "A" and m.group("colon"):
+                offer(m.start(), _leading_answer(content))
+        elif m.group("colon") and content:
+            offer(m.start(), _leading_answer(content) or content)
+        elif not content:  # "**Final Answer**" or "Answer:" alone: the next non-empty line
+            following = text[m.end() :].lstrip().split("\n", 1)[0].strip()
+            if following:
+                offer(m.start(), _leading_answer(following) or following)
+    for m in _HASH_LINE.finditer(text):
+        content = m.group("content").strip().rstrip(".").strip()
+        answer = _leading_answer(content)
+        if answer and answer == content.lstrip("*_ \t").rstrip("*_ \t"):
+            offer(m.start(), answer)
+    for m in _ANSWER_PHRASE.finditer(text):
+        content = m.group("content").strip()
+        offer(m.start(), _leading_answer(content) or content)
+    return best[1] if best else None
+
+
+def _plain_currency(text: str) -> str:
+    """`\\$18` -> ` 18`: an escaped dollar is a currency sign (it never delimits LaTeX
+    math) and math-verify finds nothing in `\\$18`; turning it into `$` could pair it
+    with another into a bogus `$...$` span. A Unicode minus becomes `-`."""
+    return text.replace("\\$", " ").replace("−", "-")
+
+
 def extract_prediction(response: str) -> list[Any]:
     """math-verify parse of the answer in `response` (see module docstring)."""
     region = answer_region(response)
@@ -113,7 +207,12 @@ def extract_prediction(response: str) -> list[Any]:
         parsed = parse(f"\\boxed{{{boxed}}}", list(_EXTRACTION), parsing_timeout=None)
         if parsed:
             return parsed
-    return parse(region, list(_EXTRACTION), parsing_timeout=None)
+    statement = answer_statement(region)
+    if statement:
+        parsed = parse(_plain_currency(statement), list(_EXTRACTION), parsing_timeout=None)
+        if parsed:
+            return parsed
+    return parse(_plain_currency(region), list(_EXTRACTION), parsing_timeout=None)
 
 
 def _as_text(parsed: list[Any]) -> str | None:
@@ -122,6 +221,29 @@ def _as_text(parsed: list[Any]) -> str | None:
         return None
     strings = [p for p in parsed if isinstance(p, str)]
     return strings[-1] if strings else str(parsed[0])
+
+
+_PLAIN_FRAC = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+
+
+def answer_key(extracted: str | None) -> str | None:
+    r"""A grouping key for majority voting (`eval.metrics.answer_ids`): one key for
+    the ways of writing the same rational number ("18", "18.00", "1,000" and "1000",
+    "0.5", "1/2" and "\frac{1}{2}"), else the extracted text without whitespace;
+    None (no answer) stays None. Answers equal only up to algebra ("2\sqrt{2}" and
+    "\sqrt{8}") keep separate keys: grouping those needs math-verify's `verify`."""
+    if extracted is None:
+        return None
+    text = re.sub(r"\s+", "", extracted)
+    frac = _PLAIN_FRAC.fullmatch(text)
+    number = f"{frac.group(1)}/{frac.group(2)}" if frac else text
+    if _THOUSANDS.fullmatch(number):
+        number = number.replace(",", "")
+    try:
+        return str(Fraction(number))
+    except (ValueError, ZeroDivisionError):
+        return text
 
 
 def score(gold: str, response: str) -> tuple[bool, str | None]:
