@@ -67,24 +67,49 @@ def _generate(engine: Engine, requests: list[GenerationRequest], sampling: Sampl
     return completions
 
 
-def _metrics(details: list[dict[str, Any]], n_problems: int, samples: int, ks: list[int], seed: int) -> dict[str, Any]:
+def _metrics(details: list[dict[str, Any]], n_problems: int, samples: int, ks: list[int], seed: int,
+             answer_type: str = "math") -> dict[str, Any]:
+    """pass@1 (avg@n) with a 95% interval from a bootstrap over problems and
+    samples; unbiased pass@k and maj@k (majority over the extracted answers,
+    grouped by `answer_key`) for each k <= samples, with intervals; and the
+    rates that explain a score."""
+    from functools import partial
+
+    from eval.metrics import answer_ids, maj_at_k
+    from eval.scoring import answer_key
+
     correct = np.array([d["correct"] for d in details], dtype=np.float64).reshape(n_problems, samples)
+    keys = [[answer_key(d["extracted"]) if d["extracted"] is not None else None
+             for d in details[i * samples:(i + 1) * samples]] for i in range(n_problems)]
+    answers = answer_ids(keys)
     low, high = bootstrap_ci(correct, avg_at_n, n_boot=2000, seed=seed)
     metrics: dict[str, Any] = {"pass@1": avg_at_n(correct), "pass@1_ci95": [low, high]}
     for k in ks:
         if 1 < k <= samples:
             metrics[f"pass@{k}"] = mean_pass_at_k(correct, k)
+            metrics[f"pass@{k}_ci95"] = list(bootstrap_ci(correct, partial(mean_pass_at_k, k=k), n_boot=1000, seed=seed))
+        if 1 < k <= samples and answer_type != "code":  # a program has no "answer" to vote on
+            try:
+                metrics[f"maj@{k}"] = maj_at_k(correct, answers, k=k)
+                metrics[f"maj@{k}_ci95"] = list(bootstrap_ci(correct, partial(maj_at_k, k=k), answers=answers,
+                                                             n_boot=1000, seed=seed))
+            except ValueError:  # equal keys with different verdicts (code: "n/m tests"): no majority vote
+                pass
 
     def rate(pred) -> float:
         return float(np.mean([pred(d) for d in details]))
 
+    lengths = np.array([d["completion_tokens"] for d in details], dtype=np.float64)
     metrics.update(
         extraction_failure_rate=rate(lambda d: d["extracted"] is None),
         truncation_rate=rate(lambda d: d["finish_reason"] == "length"),
         error_rate=rate(lambda d: d["finish_reason"] == "error"),
         scoring_timeout_rate=rate(lambda d: d["score_status"] == "timeout"),
-        mean_output_tokens=float(np.mean([d["completion_tokens"] for d in details])),
-        mean_output_chars=float(np.mean([len(d["response"]) for d in details])),
+        mean_output_tokens=float(lengths.mean()),
+        median_output_tokens=float(np.median(lengths)),
+        p90_output_tokens=float(np.percentile(lengths, 90)),
+        max_output_tokens=float(lengths.max()),
+        mean_output_chars=float(np.mean([len(d["response"] or "") for d in details])),
     )
     return metrics
 
@@ -175,7 +200,8 @@ def summarize(plan: list[tuple[Benchmark, list[dict[str, Any]]]], details: dict[
             "data_sha256": data_sha256(rows),
             "n_problems": len(rows),
             "limit": limit,
-            "metrics": _metrics(details[bench.name], len(rows), samples, wanted, seed) if rows else {},
+            "metrics": _metrics(details[bench.name], len(rows), samples, wanted, seed, bench.answer_type)
+            if rows else {},
         }
     return per_bench
 

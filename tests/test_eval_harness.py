@@ -136,6 +136,7 @@ def test_fixed_engine_gives_exact_metrics(fixture_bench, tmp_path):
     assert m["pass@1"] == pytest.approx(EXPECTED.mean(axis=1).mean())  # 0.4
     assert m["pass@1"] == pytest.approx(0.4)
     assert m["pass@2"] == pytest.approx(0.6)
+    assert m["maj@2"] == pytest.approx(0.4)  # ties go to the first sample: p1 and p2 right
     assert m["pass@1_ci95"][0] <= 0.4 <= m["pass@1_ci95"][1]
     assert m["extraction_failure_rate"] == pytest.approx(0.2)  # "I cannot tell." and the truncated one
     assert m["truncation_rate"] == pytest.approx(0.1)
@@ -168,9 +169,11 @@ def test_harness_end_to_end_with_tiny_model(fixture_bench, tmp_path):
     assert bench["version"] == "1" and len(bench["data_sha256"]) == 64 and bench["n_problems"] == 5
     m = bench["metrics"]
     assert set(m) == {
-        "pass@1", "pass@1_ci95", "pass@2", "extraction_failure_rate", "truncation_rate", "error_rate",
-        "scoring_timeout_rate", "mean_output_tokens", "mean_output_chars",
-    }  # pass@4 is left out: only 2 samples
+        "pass@1", "pass@1_ci95", "pass@2", "pass@2_ci95", "maj@2", "maj@2_ci95", "extraction_failure_rate",
+        "truncation_rate", "error_rate", "scoring_timeout_rate", "mean_output_tokens", "median_output_tokens",
+        "p90_output_tokens", "max_output_tokens", "mean_output_chars",
+    }  # pass@4 and maj@4 are left out: only 2 samples
+    assert m["pass@2_ci95"][0] <= m["pass@2"] <= m["pass@2_ci95"][1]
     assert 0.0 <= m["pass@1"] <= m["pass@2"] <= 1.0
     assert 0 < m["mean_output_tokens"] <= 8 and m["error_rate"] == 0.0
     assert set(results["timing"]) >= {"generation_s", "scoring_s", "total_s"}
