@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -34,8 +35,9 @@ from eval.benchmarks import Benchmark, data_sha256, get_benchmark
 from eval.metrics import avg_at_n, bootstrap_ci, mean_pass_at_k
 from eval.scoring import score_many
 
-SCHEMA_VERSION = "1"
-HARNESS_VERSION = "0.1.0"
+from eval.schema import SCHEMA_VERSION, validate_results  # noqa: E402
+
+HARNESS_VERSION = "0.2.0"
 RESULTS_FILE = "results.json"
 DETAILS_FILE = "details.parquet"
 
@@ -44,6 +46,19 @@ def derive_seed(seed: int, benchmark: str, problem_id: str, sample_index: int) -
     """A 63-bit seed for one sample, stable across processes and machines."""
     key = json.dumps([seed, benchmark, problem_id, sample_index], separators=(",", ":"))
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") >> 1
+
+
+def _chat_template(engine: Engine) -> dict[str, str]:
+    """The chat template the prompts were rendered with, by hash (in-process engines)."""
+    tok = getattr(engine, "tokenizer", None)
+    template = getattr(tok, "chat_template", None) if tok is not None else None
+    return {"chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()} if isinstance(template, str) else {}
+
+
+def _sandbox_mode() -> str:
+    from eval.sandbox import sandbox_capabilities
+
+    return str(sandbox_capabilities().get("mode"))
 
 
 def _versions() -> dict[str, str]:
@@ -258,12 +273,15 @@ def evaluate(
     results = {
         "schema_version": SCHEMA_VERSION,
         "harness_version": HARNESS_VERSION,
-        "engine": engine.identity(),
+        "engine": {**engine.identity(), **_chat_template(engine)},
         "sampling": sampling.to_dict(),
         "seed": seed,
         "samples": samples,
         "ks": ks,
-        "scoring": {"timeout_s": timeout_s, "workers": workers, "versions": _versions()},
+        "scoring": {"timeout_s": timeout_s, "workers": workers, "versions": _versions(),
+                    **({"sandbox": _sandbox_mode()} if any(b.answer_type == "code" for b, _ in plan) else {})},
+        "hardware": {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
+                     "cpus": os.cpu_count(), "device": str(getattr(engine, "device", "n/a"))},
         "benchmarks": summarize(plan, details, samples=samples, ks=ks, seed=seed, limit=limit),
         "timing": {
             "started_at": started.isoformat(),
@@ -331,7 +349,9 @@ DETAILS_SCHEMA = pa.schema(
 
 
 def write_results(out_dir: str | Path, results: dict[str, Any], details: dict[str, list[dict[str, Any]]]) -> Path:
-    """Write `results.json` and `details.parquet` under `out_dir` (created)."""
+    """Write `results.json` and `details.parquet` under `out_dir` (created),
+    after checking the record against the results schema."""
+    validate_results(json.loads(json.dumps(results, default=str)), "results to write")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for bench_rows in details.values() for row in bench_rows]
@@ -342,7 +362,10 @@ def write_results(out_dir: str | Path, results: dict[str, Any], details: dict[st
 
 
 def load_results(out_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(out_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+    path = Path(out_dir) / RESULTS_FILE
+    record = json.loads(path.read_text(encoding="utf-8"))
+    validate_results(record, str(path))
+    return record
 
 
 def load_details(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:

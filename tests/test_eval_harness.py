@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,28 @@ def test_multiple_choice_options_are_shuffled_per_question(tmp_path):
     assert len(set(golds)) == 4  # not one order for every question
     assert [render_problem(bench, r, seed=1)[1] for r in rows] != golds
     assert set(golds) <= set(LETTERS[:4])
+
+
+def test_results_schema_is_versioned_and_enforced(fixture_bench, tmp_path):
+    from eval.schema import json_schema
+
+    committed = json.loads((Path(__file__).resolve().parents[1] / "eval" / "results.schema.json").read_text())
+    assert committed == json.loads(json.dumps(json_schema(), sort_keys=True)), \
+        "eval/results.schema.json is stale: regenerate it from eval.schema.json_schema()"
+    results, details = evaluate(FixedEngine("table"), ["test-fixture-5"], samples=2,
+                                sampling=Sampling(temperature=0.6, max_tokens=32), seed=7)
+    assert results["hardware"]["cpus"] and results["scoring"]["versions"]["math-verify"]
+    run = write_results(tmp_path / "run", results, details)
+    record = json.loads((run / "results.json").read_text())
+    record["benchmarks"]["test-fixture-5"]["data_sha256"] = "not-a-hash"
+    (run / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"benchmarks.test-fixture-5.data_sha256"):
+        load_results(run)
+    record["schema_version"] = "99"
+    (run / "results.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="schema_version '99'"):
+        load_results(run)
+    bad = dict(results, samples=0)
+    with pytest.raises(ValueError, match="samples"):
+        write_results(tmp_path / "bad", bad, details)
+    assert not (tmp_path / "bad" / "results.json").exists()
