@@ -14,8 +14,9 @@ formatting, numbers written differently, a reworded opening): recall; and the
 false positive rate on clean problems (MATH train, 7474 problems, a problem
 set disjoint from MATH-500).
 
-`verify`: math verification throughput (samples per second) on two cores,
-serial and with two worker processes.
+`scoring`: scoring throughput on two cores, serial and with two workers side
+by side: math verification (samples per second) and code tests in the
+sandbox (programs per second).
 """
 
 from __future__ import annotations
@@ -240,8 +241,12 @@ def bench_decontaminate() -> list[Path]:
 
 # ---------------------------------------------------------------- verification
 
-def bench_verify() -> list[Path]:
-    from eval.benchmarks import shared_data_dir
+def bench_scoring() -> list[Path]:
+    """Scoring throughput, serial (1 worker) and parallel (2), side by side:
+    math-verify on GSM8K model solutions, and HumanEval canonical programs in
+    the sandbox."""
+    from eval.benchmarks import get_benchmark, shared_data_dir
+    from eval.harness import gold_response, render_problem, score_samples
     from eval.scoring import score_many
 
     path = shared_data_dir() / "gsm8k" / "example_model_solutions.jsonl"
@@ -249,16 +254,35 @@ def bench_verify() -> list[Path]:
     for line in path.read_text().splitlines():
         r = json.loads(line)
         gold = r["ground_truth"].split("####")[-1].strip().replace(",", "")
+        if "A:" in gold:
+            gold = gold.rsplit("A:", 1)[-1].strip().replace(",", "")
         for system in ("6b_finetuning", "175b_verification"):
             pairs.append((gold, r[system]["solution"]))
     pairs = pairs[:2000]
-    out = {}
+    he = get_benchmark("humaneval")
+    rows = he.rows()
+    items = []
+    for r in rows:
+        _, gold = render_problem(he, r, 0)
+        items.append({"problem_id": str(r["id"]), "gold": gold, "response": gold_response(he, r, gold)})
+    by_id = {str(r["id"]): r for r in rows}
+    out: dict[str, dict] = {"math": {}, "code": {}}
     for workers in (1, 2):
         t0 = time.perf_counter()
         scores = score_many(pairs, workers=workers, timeout_s=5.0)
         dt = time.perf_counter() - t0
-        out[f"workers_{workers}"] = {"samples": len(pairs), "seconds": round(dt, 2),
-                                     "samples_per_s": round(len(pairs) / dt, 1),
-                                     "correct": sum(s.correct for s in scores)}
-    out["speedup"] = round(out["workers_2"]["samples_per_s"] / out["workers_1"]["samples_per_s"], 2)
-    return [_write("verify_math", {"data": "GSM8K example model solutions (2 systems)", **out})]
+        out["math"][f"workers_{workers}"] = {"samples": len(pairs), "seconds": round(dt, 2),
+                                             "samples_per_s": round(len(pairs) / dt, 1),
+                                             "correct": sum(s.correct for s in scores)}
+        t0 = time.perf_counter()
+        verdicts = score_samples(he, by_id, items, workers=workers, timeout_s=10.0)
+        dt = time.perf_counter() - t0
+        out["code"][f"workers_{workers}"] = {"programs": len(items), "seconds": round(dt, 2),
+                                             "programs_per_s": round(len(items) / dt, 2),
+                                             "passed": sum(v[0] for v in verdicts)}
+    out["math"]["speedup"] = round(out["math"]["workers_2"]["samples_per_s"] / out["math"]["workers_1"]["samples_per_s"], 2)
+    out["code"]["speedup"] = round(out["code"]["workers_2"]["programs_per_s"] / out["code"]["workers_1"]["programs_per_s"], 2)
+    return [_write("scoring_throughput", {
+        "math_data": "GSM8K example model solutions, 2 systems, first 2000 samples (math-verify, 5 s deadline each)",
+        "code_data": "HumanEval canonical solutions (164 programs, 1160 asserts) in the sandbox",
+        **out})]

@@ -183,7 +183,7 @@ def _curation(name: str):
 
 
 BENCHES = {"nano": bench_nano, "distill": bench_distill, "dedup": _curation("dedup"),
-           "decontaminate": _curation("decontaminate"), "verify": _curation("verify")}
+           "decontaminate": _curation("decontaminate"), "scoring": _curation("scoring")}
 
 
 def main(argv: list[str] | None = None) -> int:
