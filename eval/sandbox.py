@@ -69,6 +69,7 @@ import functools
 import json
 import marshal
 import math
+import logging
 import os
 import re
 import resource
@@ -762,7 +763,7 @@ def _build_root(m: _Mounter, root: str, cfg: dict) -> None:
         if os.path.isdir(d) and not os.path.exists(root + d):
             os.makedirs(root + d, mode=0o755)
             m.bind_ro(d, root + d)
-    os.makedirs(root + "/etc")
+    os.makedirs(root + "/etc", exist_ok=True)
     for name in _ETC_FILES:
         src = "/etc/" + name
         if os.path.isfile(src):
@@ -772,7 +773,7 @@ def _build_root(m: _Mounter, root: str, cfg: dict) -> None:
         f.write(f"root:x:0:0::/:/bin/sh\nsandbox:x:{uid}:{gid}::{_SANDBOX_DIR}:/bin/sh\n")
     with open(root + "/etc/group", "w") as f:
         f.write(f"root:x:0:\nsandbox:x:{gid}:\n")
-    os.makedirs(root + "/dev")
+    os.makedirs(root + "/dev", exist_ok=True)
     for name in _DEV_NODES:
         if os.path.exists("/dev/" + name):
             open(root + "/dev/" + name, "w").close()
@@ -780,9 +781,11 @@ def _build_root(m: _Mounter, root: str, cfg: dict) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + name)
-    os.makedirs(root + "/proc")
-    os.makedirs(root + "/tmp")  # stays empty and read-only: TMPDIR points at /sandbox
-    os.makedirs(root + _SANDBOX_DIR)
+    os.makedirs(root + "/proc", exist_ok=True)
+    # Read-only, and empty unless the interpreter or venv lives under /tmp (a
+    # clone in /tmp): then it holds that read-only bind. TMPDIR is /sandbox.
+    os.makedirs(root + "/tmp", exist_ok=True)
+    os.makedirs(root + _SANDBOX_DIR, exist_ok=True)
     m.mount("tmpfs", root + _SANDBOX_DIR, "tmpfs", _MS_NOSUID | _MS_NODEV,
             f"size={int(cfg['disk_mb'])}m,mode=0700,uid={uid},gid={gid}")
 
@@ -1475,6 +1478,9 @@ def _select_mode(only: str | None = None) -> _Mode:
             if problem is None and raw.stdout == b"ok\n" and _unit_status(units[0], "exec") == "ok":
                 _PROBE_LOG[label] = "ok"
                 _MODE = cand
+                failed = {k: v for k, v in _PROBE_LOG.items() if v != "ok"}
+                if failed:  # a stronger mode did not work: say why, it may be a bug rather than the kernel
+                    logging.getLogger(__name__).warning("sandbox: using %s; stronger modes failed: %s", label, failed)
                 return cand
             _PROBE_LOG[label] = (problem or raw.setup_error or
                                  f"unexpected output {raw.stdout[:200]!r} {raw.stderr[-300:]!r}")
