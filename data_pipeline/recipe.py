@@ -117,8 +117,17 @@ class ModelSpec(Strict):
         return self
 
 
+class DatasetRef(Strict):
+    """A published dataset to train on instead of the one the recipe builds:
+    its card's fingerprint must still equal the recipe's."""
+
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    revision: str = "main"
+
+
 class SFTSpec(Strict):
     model: ModelSpec
+    dataset: DatasetRef | None = None
     accelerate: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     output: OutputSpec | None = None

@@ -22,12 +22,55 @@ from data_pipeline.fingerprint import base_model_identity, model_fingerprint
 from data_pipeline.registry import LocalRegistry, fp_tag
 
 
+def dataset_mismatch(recipe, card: dict) -> str | None:
+    """None when a dataset card's fingerprint is the recipe's; otherwise which
+    stage differs first (or that the stage lists differ), for the error."""
+    from data_pipeline.pipeline import plan
+
+    stages = plan(recipe)
+    ours = stages[-1].fingerprint
+    info = card.get("commonthoughts") or {}
+    theirs = info.get("fingerprint")
+    if theirs == ours:
+        return None
+    if not theirs:
+        return "its card has no CommonThoughts fingerprint (not made by this recipe engine?)"
+    published = info.get("stages") or []
+    for i, st in enumerate(stages):
+        if i >= len(published):
+            return f"the recipe has more stages: {st.id!r} ({st.op.name}) onwards are not in the dataset"
+        pub = published[i]
+        if pub.get("fingerprint") != st.fingerprint:
+            why = []
+            if pub.get("op") != st.op.name:
+                why.append(f"op {pub.get('op')!r} there, {st.op.name!r} here")
+            elif str(pub.get("op_version")) != str(st.op.version):
+                why.append(f"op version {pub.get('op_version')} there, {st.op.version} here")
+            else:
+                why.append("its parameters or its input differ" if i else "its sources or their revisions differ")
+            return (f"stage {i + 1} {st.id!r} ({st.op.name}) differs first: {'; '.join(why)} "
+                    f"(fingerprint {str(pub.get('fingerprint'))[:12]} there, {st.fingerprint[:12]} here)")
+    return f"the dataset has more stages than the recipe ({len(published)} vs {len(stages)})"
+
+
 def ensure_dataset(recipe, cache: StageCache, registry: LocalRegistry) -> tuple[str, str, str]:
-    """(repo, revision, fingerprint) of the recipe's dataset, building it if the registry lacks it."""
+    """(repo, revision, fingerprint) of the recipe's dataset: the pinned
+    `sft.dataset` (its card checked against the recipe), else the registry's
+    revision at the recipe's fingerprint, building it if the registry lacks it."""
+    from data_pipeline.errors import PipelineError
     from data_pipeline.pipeline import funnel_table, plan, run_data
     from data_pipeline.publish import publish_dataset
 
     fp = plan(recipe)[-1].fingerprint
+    pinned = recipe.spec.sft.dataset
+    if pinned is not None:
+        rev = registry.resolve("datasets", pinned.repo, pinned.revision)
+        if rev is None:
+            raise PipelineError(f"datasets/{pinned.repo} has no revision {pinned.revision!r} in {registry.root}")
+        problem = dataset_mismatch(recipe, registry.card("datasets", pinned.repo, rev))
+        if problem:
+            raise PipelineError(f"datasets/{pinned.repo} @ {rev[:12]} was not made by this recipe: {problem}")
+        return pinned.repo, rev, fp
     repo = recipe.dataset_repo
     rev = registry.find_fingerprint("datasets", repo, fp)
     if rev is None:

@@ -222,3 +222,41 @@ def test_short_training_run(work, one_thread):
     more = run(work, work / "base", "trained", max_steps=24)
     assert more["resumed_from"] == "checkpoint-20" and more["steps"] == 24
     assert more["train_tokens"] > stats["train_tokens"]
+
+
+def test_pinned_dataset_must_match_the_recipe_and_the_error_names_the_stage(tmp_path):
+    """sft.dataset pins a published revision; a card whose fingerprint is not
+    the recipe's is refused, naming the first stage that differs."""
+    import json as _json
+
+    from data_pipeline.cache import StageCache
+    from data_pipeline.errors import PipelineError
+    from data_pipeline.recipe import load_recipe
+    from data_pipeline.registry import LocalRegistry
+    from data_pipeline.registries import load_plugins
+    from sft.cli import ensure_dataset
+
+    load_plugins()
+    src = Path(__file__).parent / "recipes" / "good" / "small.yaml"
+    d = tmp_path / "recipes"
+    d.mkdir()
+    base = d / "small.yaml"
+    base.write_text(src.read_text())
+    cache, registry = StageCache(tmp_path / "cache"), LocalRegistry(tmp_path / "registry")
+    repo, rev, fp = ensure_dataset(load_recipe(base), cache, registry)  # builds and publishes local/small
+
+    pinned = d / "pinned.yaml"
+    pinned.write_text(src.read_text().replace("sft:\n  model: {init: nano-2m}",
+                                              "sft:\n  dataset: {repo: local/small}\n  model: {init: nano-2m}"))
+    assert "dataset:" in pinned.read_text()
+    assert ensure_dataset(load_recipe(pinned), cache, registry) == (repo, rev, fp)
+
+    changed = d / "changed.yaml"
+    changed.write_text(pinned.read_text().replace("verify: {keep: correct}", "verify: {keep: all}"))
+    with pytest.raises(PipelineError, match=r"not made by this recipe: stage 6 'verify' \(verify\) differs first: "
+                                            r"its parameters or its input differ"):
+        ensure_dataset(load_recipe(changed), cache, registry)
+    missing = d / "missing.yaml"
+    missing.write_text(pinned.read_text().replace("{repo: local/small}", "{repo: local/small, revision: v9.9.9}"))
+    with pytest.raises(PipelineError, match="has no revision 'v9.9.9'"):
+        ensure_dataset(load_recipe(missing), cache, registry)
