@@ -320,6 +320,26 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+class _PaddingCounter:
+    """Wraps the trainer's collator to count the positions of every batch and
+    the padding among them (attention mask zeros; a padding-free batch has none)."""
+
+    def __init__(self, collator):
+        self.collator, self.positions, self.padding = collator, 0, 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        ids = batch["input_ids"]
+        self.positions += int(ids.numel())
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            self.padding += int(mask.numel() - mask.sum())
+        return batch
+
+    def padding_share(self) -> float | None:
+        return round(self.padding / self.positions, 4) if self.positions else None
+
+
 def run_sft(
     args: dict[str, Any],
     base_model_dir: Path,
@@ -363,6 +383,8 @@ def run_sft(
         shutil.rmtree(checkpoint_dir)
     last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
     trainer = SFTTrainer(model=str(base_model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+    counter = _PaddingCounter(trainer.data_collator)
+    trainer.data_collator = counter
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last)
     wall = time.perf_counter() - start
@@ -383,6 +405,7 @@ def run_sft(
         "world_size": world_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "resumed_from": Path(last).name if last else None,
+        "padding_share": counter.padding_share(),
         **measured,
     }
     if trainer.is_world_process_zero():
