@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,6 @@ def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None
     results["recipe"] = {"name": recipe.name, "version": recipe.version, "fingerprint": dataset_fp,
                          "path": os.path.relpath(recipe.path)}
     results["model"] = {"repo": recipe.model_repo, "revision": rev, "fingerprint": mfp}
-    results["hardware"] = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                           "device": str(getattr(engine, "device", "cpu"))}
     out = write_results(results_dir(registry, recipe.model_repo, rev), results, details)
     echo(results_table(results))
     echo(f"\nresults: {out / 'results.json'}")

@@ -151,9 +151,7 @@ def gold_response(bench: Benchmark, row: dict[str, Any], gold: str) -> str:
     """A response that gives the gold answer (the registry's self-check)."""
     if bench.answer_type == "code":
         return f"```python\n{row['answer']}\n```"
-    if bench.answer_type == "multiple_choice":
-        return f"The answer is \\boxed{{{gold}}}."
-    return f"The answer is \\boxed{{{gold}}}."
+    return f"The answer is \\boxed{{{gold}}}."  # a letter for multiple choice, a value for math
 
 
 def _code_program(bench_row: dict[str, Any], response: str) -> str | None:
