@@ -25,20 +25,34 @@ def results_dir(registry, model_repo: str, revision: str) -> Path:
     return registry.root / "results" / model_repo / revision
 
 
-def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None = None, echo=print) -> Path:
+def evaluate_model(model_dir: str | Path, revision: str | None, spec, *, limit: int | None = None
+                   ) -> tuple[dict, dict[str, list[dict]]]:
+    """Score the model in `model_dir` with a recipe's `eval` section (an
+    `EvalSpec`): (results record, per-sample details). `run` and
+    `python -m community reproduce` both score through here, so a reproduction
+    runs exactly what the original eval ran."""
     from data_pipeline.engines import Sampling, get_engine
+    from eval.harness import evaluate
+
+    engine = get_engine(spec.engine, str(model_dir), revision=revision, batch_size=spec.batch_size)
+    sampling = Sampling(spec.sampling.temperature, spec.sampling.top_p, spec.sampling.max_tokens)
+    return evaluate(engine, spec.benchmarks, samples=spec.samples, sampling=sampling, seed=spec.seed,
+                    ks=spec.ks, workers=os.cpu_count() or 1, limit=limit)
+
+
+def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None = None, echo=print) -> Path:
     from data_pipeline.fingerprint import model_fingerprint
     from data_pipeline.pipeline import plan
     from data_pipeline.recipe import load_recipe
     from data_pipeline.registries import load_plugins
-    from data_pipeline.registry import LocalRegistry
-    from eval.harness import evaluate, write_results
+    from data_pipeline.hub import open_registry
+    from eval.harness import write_results
 
     load_plugins()
     recipe = load_recipe(recipe_path)
     if recipe.spec.eval is None or recipe.spec.sft is None:
         raise RecipeError.one(recipe.path, None, "eval", "this recipe has no `eval` (or no `sft`) section")
-    registry = LocalRegistry(Path(registry_root) if registry_root else None)
+    registry = open_registry(registry_root)  # a folder, or hf://<namespace> for the Hub
     dataset_fp = plan(recipe)[-1].fingerprint
     mfp = model_fingerprint(dataset_fp, recipe.spec.sft.model_dump(mode="json"))
     rev = registry.find_fingerprint("models", recipe.model_repo, mfp)
@@ -46,11 +60,7 @@ def run(recipe_path: str, *, registry_root: str | None = None, limit: int | None
         raise PipelineError(f"models/{recipe.model_repo} has no model at fingerprint {mfp[:16]}: "
                             f"train it first (make sft RECIPE={recipe_path})")
     model_dir = registry.snapshot("models", recipe.model_repo, rev)
-    spec = recipe.spec.eval
-    engine = get_engine(spec.engine, str(model_dir), revision=rev, batch_size=spec.batch_size)
-    sampling = Sampling(spec.sampling.temperature, spec.sampling.top_p, spec.sampling.max_tokens)
-    results, details = evaluate(engine, spec.benchmarks, samples=spec.samples, sampling=sampling, seed=spec.seed,
-                                ks=spec.ks, workers=os.cpu_count() or 1, limit=limit)
+    results, details = evaluate_model(model_dir, rev, recipe.spec.eval, limit=limit)
     results["recipe"] = {"name": recipe.name, "version": recipe.version, "fingerprint": dataset_fp,
                          "path": os.path.relpath(recipe.path)}
     results["model"] = {"repo": recipe.model_repo, "revision": rev, "fingerprint": mfp}
@@ -89,11 +99,18 @@ def results_table(results: dict) -> str:
 
 
 def compare(a_dir: str, b_dir: str, *, n_boot: int = 2000, seed: int = 0) -> dict[str, dict]:
-    """Paired bootstrap (b - a) per benchmark present in both results."""
+    """Paired bootstrap (b - a) per benchmark present in both results folders."""
     from eval.harness import load_details
+
+    return compare_details(load_details(a_dir), load_details(b_dir), n_boot=n_boot, seed=seed)
+
+
+def compare_details(da: dict[str, list[dict]], db: dict[str, list[dict]], *, n_boot: int = 2000, seed: int = 0
+                    ) -> dict[str, dict]:
+    """Paired bootstrap (b - a) per benchmark present in both sets of per-sample
+    details (`eval.harness.load_details`), on the problems both scored."""
     from eval.metrics import paired_bootstrap
 
-    da, db = load_details(a_dir), load_details(b_dir)
     out = {}
     for bench in sorted(set(da) & set(db)):
         def matrix(rows):

@@ -28,6 +28,12 @@ def check_sft_section(recipe) -> list[tuple[tuple, str]]:
             key, _, text = msg.partition(": ")
             loc = tuple(key.split(".")[:3])
             problems.append((loc, text))
-    if sft.accelerate is not None and not sft.accelerate.endswith((".yaml", ".yml")):
-        problems.append((("sft", "accelerate"), "must be the path of an accelerate config file (.yaml)"))
+    if sft.accelerate is not None:
+        from pathlib import Path
+
+        origin = recipe.origins.get(("sft", "accelerate"), (str(recipe.path), None))[0]
+        if not sft.accelerate.endswith((".yaml", ".yml")) or Path(sft.accelerate).is_absolute():
+            problems.append((("sft", "accelerate"), "must be the relative path of an accelerate config file (.yaml)"))
+        elif not (Path(origin).parent / sft.accelerate).is_file():  # only looked at, never loaded here
+            problems.append((("sft", "accelerate"), f"no such file {sft.accelerate!r} next to {Path(origin).name}"))
     return problems

@@ -5,13 +5,22 @@ registry does not hold it, the data stages run first (their cache makes that
 cheap when only a later stage changed). The trained model is published to the
 registry under the recipe's model repo, tagged `v<version>` and with the model
 fingerprint (dataset fingerprint + sft section + base model).
+
+On one device training runs in this process. With `sft.accelerate` (an
+accelerate config file, relative to the recipe that sets it), or on a machine
+with several GPUs, this process does the once-only work (build and publish the
+dataset, make the base model, publish the result) and `accelerate launch` runs
+`python -m sft worker JOB` on every rank for the training itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +28,7 @@ from pathlib import Path
 from data_pipeline.cache import StageCache
 from data_pipeline.errors import RecipeError, run_command
 from data_pipeline.fingerprint import base_model_identity, model_fingerprint
+from data_pipeline.hub import open_registry
 from data_pipeline.registry import LocalRegistry, fp_tag
 
 
@@ -108,7 +118,7 @@ def base_model_dir(recipe, cache: StageCache) -> tuple[Path, str]:
 
 
 def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None = None,
-          registry_root: str | None = None) -> tuple[str, str]:
+          registry_root: str | None = None, num_processes: int | None = None) -> tuple[str, str]:
     from data_pipeline.recipe import load_recipe
     from data_pipeline.registries import load_plugins
 
@@ -117,7 +127,7 @@ def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None 
     if recipe.spec.sft is None:
         raise RecipeError.one(recipe.path, None, "sft", "this recipe has no `sft` section")
     cache = StageCache(Path(cache_root) if cache_root else None)
-    registry = LocalRegistry(Path(registry_root) if registry_root else None)
+    registry = open_registry(registry_root)  # a folder, or hf://<namespace> for the Hub
     repo, rev, dataset_fp = ensure_dataset(recipe, cache, registry)
     mfp = model_fingerprint(dataset_fp, recipe.spec.sft.model_dump(mode="json"))
     model_repo = recipe.model_repo
@@ -126,14 +136,22 @@ def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None 
         print(f"models/{model_repo} @ {existing[:12]} is trained at fingerprint {mfp[:16]}", file=sys.stderr)
         return model_repo, existing
 
-    from sft.trainer import run_sft
-
     base, base_name = base_model_dir(recipe, cache)
     files = sorted(str(p) for p in (registry.snapshot("datasets", repo, rev) / "data").glob("*.parquet"))
     work = cache.root / "sft" / mfp
     card = {"recipe_name": recipe.name, "recipe_version": recipe.version, "fingerprint": dataset_fp,
             "dataset_repo": repo, "dataset_revision": rev, "base_model": base_name, "model_fingerprint": mfp}
-    stats = run_sft(dict(recipe.spec.sft.args), base, files, work / "model", card=card)
+    job = {"args": dict(recipe.spec.sft.args), "base_model_dir": str(base), "train_files": files,
+           "output_dir": str(work / "model"), "card": card, "prepared_cache": str(cache.root / "sft-prepared")}
+    config = accelerate_config(recipe)
+    if config is None and _gpu_count() > 1:
+        config = ACCELERATE_DIR / "ddp.yaml"
+        num_processes = num_processes or _gpu_count()
+        print(f"{_gpu_count()} GPUs and no sft.accelerate in the recipe: data parallel with {config}", file=sys.stderr)
+    if config is None:
+        stats = run_job(job)
+    else:
+        stats = launch(config, job, work, num_processes=num_processes)
     print(f"trained {stats.get('steps')} steps in {stats.get('wall_time_s')}s, "
           f"{stats.get('tokens_per_s')} tokens/s, final loss {stats.get('final_loss')}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="publish-model-") as tmp:
@@ -145,6 +163,71 @@ def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None 
     return model_repo, commit
 
 
+ACCELERATE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+
+
+def accelerate_config(recipe) -> Path | None:
+    """The recipe's accelerate config file, resolved against the file that names it."""
+    rel = recipe.spec.sft.accelerate
+    if rel is None:
+        return None
+    origin, line = recipe.origins.get(("sft", "accelerate"), (str(recipe.path), None))
+    path = (Path(origin).parent / rel).resolve()
+    if not path.is_file():
+        raise RecipeError.one(Path(origin), line, "sft.accelerate", f"no accelerate config at {path}")
+    return path
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_job(job: dict) -> dict:
+    """Train one job (the in-process path, and every rank's body under `accelerate launch`)."""
+    from sft.trainer import run_sft
+
+    return run_sft(job["args"], Path(job["base_model_dir"]), job["train_files"], Path(job["output_dir"]),
+                   card=job["card"], prepared_cache=Path(job["prepared_cache"]) if job.get("prepared_cache") else None)
+
+
+def launch_command(config: Path, job_file: Path, num_processes: int | None = None) -> list[str]:
+    """`accelerate launch` of `python -m sft worker JOB` with the given config.
+
+    The process count is the one asked for, else the local GPU count on a single-machine
+    config, else the config's own `num_processes`."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    if num_processes is None and _gpu_count() > 0:
+        import yaml
+
+        if int((yaml.safe_load(config.read_text()) or {}).get("num_machines", 1)) == 1:
+            num_processes = _gpu_count()
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    return [*cmd, "-m", "sft", "worker", str(job_file)]
+
+
+def launch(config: Path, job: dict, work: Path, *, num_processes: int | None = None) -> dict:
+    """Run `job` on every rank with `accelerate launch`; return the main process's stats."""
+    from data_pipeline.errors import PipelineError
+
+    work.mkdir(parents=True, exist_ok=True)
+    job_file = work / "job.json"
+    tmp = work / ".job.json.tmp"
+    tmp.write_text(json.dumps(job, indent=2))
+    os.replace(tmp, job_file)
+    stats_file = Path(job["output_dir"]) / "stats.json"
+    stats_file.unlink(missing_ok=True)
+    cmd = launch_command(config, job_file, num_processes)
+    print("launching: " + shlex.join(cmd), file=sys.stderr)
+    rc = subprocess.run(cmd).returncode
+    if rc != 0 or not stats_file.is_file():
+        raise PipelineError(f"accelerate launch exited with status {rc}; rerun `make sft` to resume from the last "
+                            f"checkpoint in {Path(job['output_dir']) / 'checkpoints'}; command: {shlex.join(cmd)}")
+    return json.loads(stats_file.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sft")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -153,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--if-missing", action="store_true", help="do nothing when the model exists at its fingerprint")
     t.add_argument("--cache")
     t.add_argument("--registry")
+    t.add_argument("--num-processes", type=int, help="processes for `accelerate launch` (default: local GPUs)")
+    w = sub.add_parser("worker", help="one rank of a launched run (started by `train` through accelerate)")
+    w.add_argument("job", help="the job file `train` wrote")
     args = ap.parse_args(argv)
+    if args.cmd == "worker":
+        return run_command(lambda: run_job(json.loads(Path(args.job).read_text())) and None)
     return run_command(lambda: train(args.recipe, if_missing=args.if_missing, cache_root=args.cache,
-                                      registry_root=args.registry) and None)
+                                      registry_root=args.registry, num_processes=args.num_processes) and None)

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import logging
 import os
 import random
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,16 @@ import torch
 import transformers
 import trl
 import yaml
-from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase, TrainerState, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+from transformers import (
+    AutoConfig,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerState,
+    set_seed,
+)
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
@@ -64,6 +75,9 @@ CARD_FIELDS: tuple[str, ...] = (
     "train_sampling_strategy", "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "bf16", "fp16",
     "activation_checkpointing", "seed", "data_seed", "save_steps", "logging_steps",
 )  # fmt: skip
+# Attention implementations that skip the masked-out blocks of packed, padding-free batches.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention", "kernels-community/flash-attn",
+                    "kernels-community/flash-attn3", "kernels-community/vllm-flash-attn3")
 # Rows whose assistant mask is checked before training.
 MASK_SAMPLE_ROWS = 32
 REQUIRED_CARD_KEYS: tuple[str, ...] = ("recipe_name", "recipe_version", "fingerprint", "dataset_repo")
@@ -152,7 +166,19 @@ def build_sft_config(args: dict[str, Any], checkpoint_dir: Path, world_size: int
     kwargs.setdefault("assistant_only_loss", True)
     kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
     kwargs.setdefault("save_total_limit", 2)
+    if world_size > 1:  # every parameter of a causal LM gets a gradient: skip DDP's extra graph traversal
+        kwargs.setdefault("ddp_find_unused_parameters", False)
     on_cpu = _on_cpu(args)
+    padding_free = kwargs.get("padding_free") or (kwargs.get("packing") and kwargs.get("packing_strategy", "bfd")
+                                                   in ("bfd", "bfd_split"))
+    attn = (kwargs.get("model_init_kwargs") or {}).get("attn_implementation")
+    if padding_free and not on_cpu and attn not in VARLEN_ATTENTION:
+        logger.warning(
+            "padding-free batches with attn_implementation=%r: the packed rows become one sequence with a dense "
+            "block-diagonal mask, so attention costs (batch tokens)^2; on an H200 this ran at 0.56x the tokens/s "
+            "of padded batches, and at 1.45x with model_init_kwargs.attn_implementation: flex_attention "
+            "(bench/results/sft_gpu.json)", attn or "sdpa",
+        )
     if "gradient_checkpointing" not in kwargs:  # deprecated alias in transformers 5; TRL defaults it to True
         kwargs.setdefault("activation_checkpointing", not on_cpu)
     if on_cpu:
@@ -286,8 +312,12 @@ def preflight(
     base_model_dir: Path,
     dataset: datasets.Dataset,
     max_truncated_share: float = DEFAULT_MAX_TRUNCATED_SHARE,
+    measure_lengths: bool = True,
 ) -> dict[str, Any]:
-    """Raise `SFTConfigError` for inputs that would train the wrong thing; return what was measured."""
+    """Raise `SFTConfigError` for inputs that would train the wrong thing; return what was measured.
+
+    `measure_lengths=False` skips the length census (it tokenises every row), for a launch
+    that reuses a prepared train set whose census was taken when it was made."""
     template = _training_template(tokenizer) if config.assistant_only_loss else tokenizer.chat_template
     if template is None:
         raise SFTConfigError("the tokenizer has no chat template")
@@ -297,7 +327,7 @@ def preflight(
         _check_assistant_masks(tokenizer, dataset, template, config.seed)
     report: dict[str, Any] = {"rows": len(dataset)}
     splits_overflow = config.packing and config.packing_strategy in ("bfd_split", "wrapped")
-    if config.max_length is not None and not splits_overflow:
+    if measure_lengths and config.max_length is not None and not splits_overflow:
         share, n_long, longest = truncated_share(tokenizer, dataset, template, config.max_length)
         report.update(truncated_share=share, truncated_rows=n_long, longest_row_tokens=longest)
         if share > max_truncated_share:
@@ -318,6 +348,100 @@ def _generation_config(model_dir: Path) -> GenerationConfig:
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _device_type() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return "xpu"
+    return "cpu"
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest `checkpoint-N` that was written to the end, or None.
+
+    The trainer writes a checkpoint's `trainer_state.json` after its weights, optimizer and
+    RNG states, so a folder without it was cut off by a kill (`kill -9` during a save); such
+    folders are removed so that they are neither resumed from nor counted by the rotation.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    steps = []
+    for d in checkpoint_dir.glob("checkpoint-*"):
+        if d.is_dir() and d.name.removeprefix("checkpoint-").isdigit():
+            if (d / "trainer_state.json").is_file():
+                steps.append((int(d.name.removeprefix("checkpoint-")), d))
+            else:
+                logger.warning("removing %s: it was not written to the end (interrupted save)", d)
+                shutil.rmtree(d, ignore_errors=True)
+    return str(max(steps)[1]) if steps else None
+
+
+class _ComputeClock(TrainerCallback):
+    """Keeps the training wall time of every session of a run in its checkpoints, so
+    that a resumed run's card reports the compute of the whole run, not of its last piece."""
+
+    FILE = "commonthoughts_compute.json"
+
+    def __init__(self, resumed_from: str | None):
+        prior = Path(resumed_from) / self.FILE if resumed_from else None
+        self.prior_s = json.loads(prior.read_text())["wall_time_s"] if prior and prior.is_file() else 0.0
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.prior_s + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / self.FILE).write_text(json.dumps({"wall_time_s": round(self.elapsed(), 3)}))
+
+
+def _sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+# SFTConfig fields that change what TRL's dataset preparation produces.
+PREPARATION_FIELDS: tuple[str, ...] = (
+    "max_length", "packing", "packing_strategy", "padding_free", "assistant_only_loss", "completion_only_loss",
+    "dataset_text_field", "eos_token", "pad_token", "truncation_mode", "shuffle_dataset",
+)  # fmt: skip
+
+
+def preparation_key(
+    config: SFTConfig, tokenizer: PreTrainedTokenizerBase, base_model_dir: Path, train_files: list[str], card: dict
+) -> str:
+    """What the tokenised (and packed) train set depends on: the dataset, the tokenizer, the
+    preparation settings and the library versions.
+
+    The dataset is named by its registry revision when the card has one (a git commit: the
+    content's own hash), else by the bytes of the train files.
+    """
+    if card.get("dataset_repo") and card.get("dataset_revision"):
+        dataset_id = f"{card['dataset_repo']}@{card['dataset_revision']}:" + ",".join(Path(f).name for f in train_files)
+    else:
+        dataset_id = _sha256_files([Path(f) for f in train_files])
+    tok_files = sorted(p for p in base_model_dir.iterdir()
+                       if p.is_file() and (p.name.startswith("tokenizer") or p.name in
+                                           ("special_tokens_map.json", "chat_template.jinja", "vocab.json",
+                                            "merges.txt", "added_tokens.json")))
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    doc = {
+        "dataset": dataset_id,
+        "tokenizer_files": _sha256_files(tok_files),
+        "eos": tokenizer.eos_token, "pad": tokenizer.pad_token, "template": template,
+        "config": {name: getattr(config, name, None) for name in PREPARATION_FIELDS},
+        "versions": [trl.__version__, transformers.__version__, datasets.__version__],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class _PaddingCounter:
@@ -348,14 +472,21 @@ def run_sft(
     *,
     card: dict[str, Any],
     resume: bool = True,
+    prepared_cache: Path | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the model in `base_model_dir` on `train_files`; save model, tokenizer and card to `output_dir`.
 
     `card` needs `recipe_name`, `recipe_version`, `fingerprint` and `dataset_repo`; optional
     `dataset_revision` and `base_model` (defaults to the base directory's name); other keys
     go to the card's `commonthoughts:` block as they are. Checkpoints live in
-    `output_dir/checkpoints`; with `resume`, training continues from the last one.
-    Returns wall_time_s, train_tokens, steps, final_loss, tokens_per_s and what preflight measured.
+    `output_dir/checkpoints`; with `resume`, training continues from the last complete one.
+    With `prepared_cache`, the train set as TRL prepares it (tokenised, masked, packed) is
+    kept in `prepared_cache/<preparation_key>` and later launches load it instead of
+    tokenising again. Works the same in one process and under `accelerate launch` (the main
+    process prepares, the others wait and load). Returns wall_time_s, train_tokens, steps,
+    final_loss, tokens_per_s, compute and what preflight measured; the main process also
+    writes them to `output_dir/stats.json`.
     """
     started = time.perf_counter()
     base_model_dir, output_dir = Path(base_model_dir), Path(output_dir)
@@ -375,14 +506,40 @@ def run_sft(
                 raise SFTConfigError(f"sft.args.{name}: {token!r} is not in the tokenizer's vocabulary")
             setattr(tokenizer, name, token)
     dataset = load_train_dataset(train_files)
-    measured = preflight(
-        config, tokenizer, base_model_dir, dataset, args.get("max_truncated_share", DEFAULT_MAX_TRUNCATED_SHARE)
-    )
+    cached = None
+    if prepared_cache is not None:
+        cached = Path(prepared_cache) / preparation_key(config, tokenizer, base_model_dir, train_files, card)
+    hit = cached is not None and (cached / "_SUCCESS").is_file()
+    max_share = args.get("max_truncated_share", DEFAULT_MAX_TRUNCATED_SHARE)
+    if hit:  # the length census was taken when the cache was made; the cheap checks run every time
+        measured = json.loads((cached / "preflight.json").read_text())
+        preflight(config, tokenizer, base_model_dir, dataset, max_share, measure_lengths=False)
+    else:
+        measured = preflight(config, tokenizer, base_model_dir, dataset, max_share)
 
     if not resume and checkpoint_dir.exists():
         shutil.rmtree(checkpoint_dir)
-    last = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
-    trainer = SFTTrainer(model=str(base_model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
+    state = PartialState()
+    last = last_complete_checkpoint(checkpoint_dir) if state.is_main_process else None
+    last = broadcast_object_list([last])[0] if state.num_processes > 1 else last
+    clock = _ComputeClock(last)
+    extra = [clock, *(callbacks or [])]
+    with state.main_process_first():  # the main process prepares and stores; the others then load
+        hit = cached is not None and (cached / "_SUCCESS").is_file()
+        if hit:
+            config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
+            train_set = datasets.load_from_disk(str(cached / "data"))
+        else:
+            train_set = dataset
+        # A prepared set carries its loss mask in `labels`; TRL would refuse assistant_only_loss on
+        # rows that are no longer conversations, so the flag is off while the trainer is built.
+        assistant_only = config.assistant_only_loss
+        config.assistant_only_loss = assistant_only and not hit
+        trainer = SFTTrainer(model=str(base_model_dir), args=config, train_dataset=train_set,
+                             processing_class=tokenizer, callbacks=extra)
+        config.assistant_only_loss = assistant_only  # as the recipe asked (shown on the card)
+        if cached is not None and not hit and state.is_main_process:
+            _store_prepared(cached, trainer.train_dataset, measured)
     counter = _PaddingCounter(trainer.data_collator)
     trainer.data_collator = counter
     start = time.perf_counter()
@@ -390,14 +547,15 @@ def run_sft(
     wall = time.perf_counter() - start
     trainer.save_model(str(output_dir))
 
-    state = trainer.state
-    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-    session_tokens = state.num_input_tokens_seen - (TrainerState.load_from_json(
+    tstate = trainer.state
+    losses = [entry["loss"] for entry in tstate.log_history if "loss" in entry]
+    session_tokens = tstate.num_input_tokens_seen - (TrainerState.load_from_json(
         str(Path(last) / "trainer_state.json")).num_input_tokens_seen if last else 0)
+    run_wall = clock.elapsed()
     stats: dict[str, Any] = {
         "wall_time_s": round(wall, 3),
-        "train_tokens": int(state.num_input_tokens_seen),
-        "steps": int(state.global_step),
+        "train_tokens": int(tstate.num_input_tokens_seen),
+        "steps": int(tstate.global_step),
         "final_loss": losses[-1] if losses else None,
         "tokens_per_s": round(session_tokens / wall, 1) if wall > 0 else None,
         "train_loss": output.training_loss,
@@ -405,12 +563,36 @@ def run_sft(
         "world_size": world_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "resumed_from": Path(last).name if last else None,
+        "prepared_cache_hit": hit if cached is not None else None,
         "padding_share": counter.padding_share(),
+        "compute": {
+            "wall_time_s": round(run_wall, 3),  # training time of every session of the run
+            "train_tokens": int(tstate.num_input_tokens_seen),
+            "devices": world_size,
+            "device_type": _device_type(),
+            "device_hours": round(run_wall * world_size / 3600, 6),
+        },
         **measured,
     }
     if trainer.is_world_process_zero():
         write_model_card(output_dir, card=card, args=args, config=config, stats=stats, base_model_dir=base_model_dir)
+        tmp = output_dir / ".stats.json.tmp"
+        tmp.write_text(json.dumps(stats, indent=2, default=str))
+        os.replace(tmp, output_dir / "stats.json")
     return stats
+
+
+def _store_prepared(cached: Path, train_set: datasets.Dataset, measured: dict[str, Any]) -> None:
+    """Save TRL's prepared train set under `cached`, atomically (built beside it, then renamed)."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name[:12]}."))
+    train_set.save_to_disk(str(tmp / "data"))
+    (tmp / "preflight.json").write_text(json.dumps(measured))
+    (tmp / "_SUCCESS").write_text("")
+    try:
+        os.rename(tmp, cached)
+    except OSError:  # another run stored it first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_model_card(
@@ -435,12 +617,15 @@ def write_model_card(
             "fingerprint": card["fingerprint"],
             "dataset": {"repo": card["dataset_repo"], "revision": card.get("dataset_revision")},
             **extra,
+            "compute": stats.get("compute"),
         },
     }
     hyper = dict(args)
     hyper.update({name: getattr(config, name) for name in CARD_FIELDS if name not in hyper})
     hyper_rows = "\n".join(f"| `{k}` | `{_fmt(v)}` |" for k, v in hyper.items())
-    stat_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in stats.items())
+    stat_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in stats.items() if k != "compute")
+    compute = stats.get("compute") or {}
+    compute_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in compute.items())
     versions = f"trl {trl.__version__}, transformers {transformers.__version__}, torch {torch.__version__}"
     body = f"""# {card["recipe_name"]} {card["recipe_version"]}
 
@@ -461,6 +646,14 @@ Recipe `sft.args`, then the effective values of the other main settings.
 | stat | value |
 |---|---|
 {stat_rows}
+
+## Compute
+
+Training only (data building and evaluation are not counted); across every session of a resumed run.
+
+| | |
+|---|---|
+{compute_rows}
 
 Software: {versions}.
 """

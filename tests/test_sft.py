@@ -262,3 +262,131 @@ def test_pinned_dataset_must_match_the_recipe_and_the_error_names_the_stage(tmp_
     missing.write_text(pinned.read_text().replace("{repo: local/small}", "{repo: local/small, revision: v9.9.9}"))
     with pytest.raises(PipelineError, match="has no revision 'v9.9.9'"):
         ensure_dataset(load_recipe(missing), cache, registry)
+
+
+# --- scale: tokenisation cache, kill -9 resume, accelerate launch ------------------------
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_prepared_train_set_is_cached_by_dataset_and_tokenizer(work, one_thread):
+    """The second launch loads TRL's prepared (tokenised, masked) train set instead of
+    preparing it again, and trains exactly as the first; a preparation setting or a
+    different tokenizer misses the cache."""
+    from sft.trainer import build_sft_config, preparation_key
+
+    cache = work / "prepared"
+    args = {**ARGS, "max_steps": 6, "save_strategy": "no"}
+    files = [str(work / "train.parquet")]
+    first = run_sft(args, work / "base", files, work / "cache-1", card=CARD, prepared_cache=cache)
+    assert first["prepared_cache_hit"] is False and len(list(cache.iterdir())) == 1
+    second = run_sft(args, work / "base", files, work / "cache-2", card=CARD, prepared_cache=cache)
+    assert second["prepared_cache_hit"] is True
+    assert second["truncated_share"] == first["truncated_share"]  # the census kept with the cache
+    a, b = _weights(work / "cache-1"), _weights(work / "cache-2")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # loss mask and order unchanged by the cache
+
+    tok = load_tokenizer(work / "base")
+    key = preparation_key(build_sft_config(args, work / "k"), tok, work / "base", files, CARD)
+    assert (cache / key / "_SUCCESS").is_file()
+    assert preparation_key(build_sft_config({**args, "max_length": 96}, work / "k"), tok, work / "base", files,
+                           CARD) != key
+    other_tok = broken_student(work, "other-template", lambda d: edit_json(
+        d / "tokenizer_config.json", chat_template=json.loads((d / "tokenizer_config.json").read_text())
+        .get("chat_template", "") + " "))
+    assert preparation_key(build_sft_config(args, work / "k"), load_tokenizer(other_tok), other_tok, files,
+                           CARD) != key
+    other_data = write_chats(work / "train-other.parquet", seed=1)
+    assert preparation_key(build_sft_config(args, work / "k"), tok, work / "base", [other_data],
+                           {k: v for k, v in CARD.items() if k != "dataset_revision"}) != key
+
+
+KILLABLE = """
+import sys, time
+from pathlib import Path
+from transformers import TrainerCallback
+from sft.trainer import run_sft
+work, out, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
+class Slow(TrainerCallback):  # gives the test time to kill the run between checkpoints
+    def on_step_end(self, args, state, control, **kw):
+        if slow and state.global_step > 10:
+            time.sleep(0.5)
+args = dict(learning_rate=3e-3, max_steps=24, per_device_train_batch_size=8, global_batch_size=8, max_length=128,
+            logging_steps=4, save_steps=8, seed=0, disable_tqdm=True)
+card = dict(recipe_name="nano-test", recipe_version="0.1.0", fingerprint="fp-1234abcd", dataset_repo="local/nano-test")
+import torch; torch.set_num_threads(1)
+run_sft(args, work / "base", [str(work / "train.parquet")], out, card=card, prepared_cache=work / "prepared-kill",
+        callbacks=[Slow()])
+"""
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_model(work, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def start(out: Path, mode: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script), str(work), str(out), mode], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    straight = start(tmp_path / "straight", "fast")
+    _, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-2000:]
+
+    killed_out = tmp_path / "killed"
+    victim = start(killed_out, "slow")
+    marker = killed_out / "checkpoints" / "checkpoint-16" / "trainer_state.json"
+    deadline = time.time() + 600
+    while not marker.is_file() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.is_file() and victim.poll() is None, "the run ended before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed_out / "model.safetensors").exists()
+    # A save cut off by the kill leaves a checkpoint folder without its state: not resumed from.
+    (killed_out / "checkpoints" / "checkpoint-24").mkdir()
+
+    resumed = start(killed_out, "fast")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    stats = json.loads((killed_out / "stats.json").read_text())
+    assert stats["resumed_from"] == "checkpoint-16" and stats["steps"] == 24
+    assert stats["prepared_cache_hit"] is True  # the straight run prepared it
+    a, b = _weights(tmp_path / "straight"), _weights(killed_out)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+    # the card's compute covers the killed session too, not only the resumed one
+    meta = yaml.safe_load((killed_out / "README.md").read_text().split("---")[1])
+    assert meta["commonthoughts"]["compute"]["wall_time_s"] > stats["wall_time_s"]
+    assert meta["commonthoughts"]["compute"]["train_tokens"] == stats["train_tokens"]
+
+
+@pytest.mark.slow
+def test_make_sft_launches_through_accelerate_with_the_recipes_config(workdir: Path, capsys):
+    """A recipe with `sft.accelerate` trains under `accelerate launch` (two CPU processes with
+    the shipped DDP config); the data is built and the model published once, by the parent."""
+    from data_pipeline.registry import LocalRegistry
+    from sft.cli import main as sft_main
+
+    recipe = Path(__file__).resolve().parent / "recipes/good/small-ddp.yaml"
+    assert sft_main(["train", str(recipe), "--num-processes", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "running the data stages" in err and err.count("published models/local/small-ddp") == 1
+    assert "accelerate.commands.launch --config_file" in err and "recipes/accelerate/ddp.yaml --num_processes 2" in err
+    card = LocalRegistry().card("models", "local/small-ddp", "v1.0.0")
+    compute = card["commonthoughts"]["compute"]
+    assert compute["devices"] == 2 and compute["device_type"] == "cpu" and compute["device_hours"] > 0
+    assert compute["train_tokens"] > 0

@@ -61,6 +61,17 @@ STUDENTS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 1024,
         "tie_word_embeddings": True,
     },
+    # GPU-scale student for throughput runs (bench/sft_gpu.py): 514M parameters, Qwen2 layout
+    # (GQA, SwiGLU), the same byte-level tokenizer, so it trains on any nano dataset.
+    "byte-500m": {
+        "num_hidden_layers": 28,
+        "hidden_size": 1024,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "intermediate_size": 5120,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": True,
+    },
 }
 
 
