@@ -1,7 +1,12 @@
 # CommonThoughts: the front door. Every target bootstraps .venv on first use.
 #   make demo                      nano base recipe end to end, prints the results table
 #   make test                      the test suite
-#   make data|sft|eval|validate RECIPE=recipes/nano/base.yaml
+#   make data|sft|eval|plan RECIPE=recipes/nano/base.yaml
+#                                  (sft: SFT_ARGS="--num-processes N" for accelerate launch)
+#   make validate                  every recipe and community submission (what PR CI runs)
+#   make submit RECIPE=...         a community submission record from a finished run
+#   make leaderboard               community/LEADERBOARD.md and site/index.html
+#   make reproduce SUBMISSION=...  rerun a submission's eval from the registry, verdict per benchmark
 #   make bench                     benchmarks, JSON figures under bench/results/
 
 PYTHON ?= python3
@@ -16,7 +21,7 @@ export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: install demo data sft eval validate plan test bench clean
+.PHONY: install demo data sft eval validate submit leaderboard reproduce plan test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,14 +38,27 @@ data: $(STAMP)
 	$(PY) -m data_pipeline run $(RECIPE)
 
 sft: $(STAMP)
-	$(PY) -m sft train $(RECIPE)
+	$(PY) -m sft train $(RECIPE) $(SFT_ARGS)
 
 eval: $(STAMP)
 	$(PY) -m sft train --if-missing $(RECIPE)
 	$(PY) -m eval run $(RECIPE)
 
 validate: $(STAMP)
-	$(PY) -m data_pipeline validate $(if $(filter command line,$(origin RECIPE)),$(RECIPE),$(shell find recipes -name '*.yaml' -not -path 'recipes/accelerate/*' | sort))
+ifeq ($(origin RECIPE),command line)
+	$(PY) -m data_pipeline validate $(RECIPE)
+else
+	$(PY) -m community validate
+endif
+
+submit: $(STAMP)
+	$(PY) -m community submit $(RECIPE) $(SUBMIT_ARGS)
+
+leaderboard: $(STAMP)
+	$(PY) -m community leaderboard
+
+reproduce: $(STAMP)
+	$(PY) -m community reproduce $(SUBMISSION) $(REPRODUCE_ARGS)
 
 plan: $(STAMP)
 	$(PY) -m data_pipeline plan $(RECIPE)
