@@ -12,6 +12,9 @@ loopback (`transformers serve --continuous-batching`, a tiny random Qwen2),
 requests per second at concurrency 1 and at the recipe's concurrency, side by
 side in one run (alternating, two rounds, each from an empty cache). Writes
 `bench/results/distill_endpoint.json`.
+
+`scaling`: the nano base recipe's data stages on 1 and 2 local workers, side
+by side (bench/scaling.py); writes `bench/results/data_scaling.json`.
 """
 
 from __future__ import annotations
@@ -234,8 +237,14 @@ def _curation(name: str):
     return run
 
 
+def _scaling() -> list[Path]:
+    from bench.scaling import bench_scaling
+
+    return bench_scaling()
+
+
 BENCHES = {"nano": bench_nano, "distill": bench_distill, "sft": bench_sft, "dedup": _curation("dedup"),
-           "decontaminate": _curation("decontaminate"), "scoring": _curation("scoring")}
+           "decontaminate": _curation("decontaminate"), "scoring": _curation("scoring"), "scaling": _scaling}
 
 
 def main(argv: list[str] | None = None) -> int:

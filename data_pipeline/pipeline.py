@@ -5,6 +5,9 @@ parallel, `execution.workers` at a time); `global` and `source` ops run one task
 that sees every row and writes `execution.tasks` shards. datatrove's per-rank
 completion markers let a killed stage resume the ranks it had not finished;
 the stage cache (cache.py) makes a finished stage free on the next run.
+The job runs on datatrove's local or Ray executor, one stage after the other
+(executors.py); the Slurm executor submits every stage at once, chained by
+job dependencies (`submit_slurm`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 
-from data_pipeline.cache import StageCache, write_parquet, atomic_write_json
+from data_pipeline.cache import SUCCESS, StageCache, write_parquet, atomic_write_json
 from data_pipeline.errors import PipelineError
 from data_pipeline.fingerprint import PlannedStage, stage_fingerprint
 from data_pipeline.ops import OPS, OpContext, OpParams, OpResult
-from data_pipeline.recipe import Recipe
+from data_pipeline.recipe import ExecutionSpec, Recipe
 from data_pipeline.rows import DROPPED_SCHEMA, to_table
 
 def plan(recipe: Recipe) -> list[PlannedStage]:
@@ -52,29 +54,46 @@ def plan(recipe: Recipe) -> list[PlannedStage]:
 
 
 class StageStep(PipelineStep):
-    """One stage as a datatrove pipeline step (picklable: carries names and paths)."""
+    """One stage as a datatrove pipeline step (picklable: carries names and paths).
+
+    The input shards are listed when a task starts, not when the job is made,
+    so a Slurm job submitted before its input stage has run reads what that
+    stage committed."""
 
     name = "commonthoughts stage"
     type = "CommonThoughts"
 
-    def __init__(self, stage_id: str, op_name: str, params: OpParams, inputs: list[str], work_dir: str,
+    def __init__(self, stage_id: str, op_name: str, params: OpParams, input_dir: str | None, work_dir: str,
                  out_shards: int, cache_root: str, recipe_name: str, workers: int = 1):
         super().__init__()
         self.stage_id, self.op_name, self.params = stage_id, op_name, params
-        self.inputs, self.work_dir, self.out_shards = inputs, work_dir, out_shards
+        self.input_dir, self.work_dir, self.out_shards = input_dir, work_dir, out_shards
         self.cache_root, self.recipe_name, self.workers = cache_root, recipe_name, workers
+
+    def inputs(self) -> list[str]:
+        if self.input_dir is None:
+            return []
+        folder = Path(self.input_dir)
+        if not (folder.parent / SUCCESS).is_file():
+            raise PipelineError(f"stage {self.stage_id!r}: its input stage {folder.parent.name[:12]} is not in the "
+                                f"cache (did the job it depends on fail?)")
+        return [str(p) for p in sorted(folder.glob("part-*.parquet"))]
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         from data_pipeline.registries import load_plugins
 
         load_plugins()
+        started = time.time()
         op = OPS[self.op_name]
         work = Path(self.work_dir)
         ctx = OpContext(self.stage_id, work, Path(self.cache_root), rank, world_size, self.recipe_name, self.workers)
+        inputs = self.inputs()
         if op.kind == "map":
-            rows = pq.read_table(self.inputs[rank]).to_pylist()
+            if len(inputs) != world_size:
+                raise PipelineError(f"stage {self.stage_id!r}: {len(inputs)} input shards for {world_size} tasks")
+            rows = pq.read_table(inputs[rank]).to_pylist()
         elif op.kind == "global":
-            rows = [r for f in self.inputs for r in pq.read_table(f).to_pylist()]
+            rows = [r for f in inputs for r in pq.read_table(f).to_pylist()]
         else:
             rows = []
         with self.track_time():
@@ -96,7 +115,27 @@ class StageStep(PipelineStep):
         for _, why in result.dropped:
             reasons[why] = reasons.get(why, 0) + 1
         atomic_write_json(work / "ranks" / f"{rank:05d}.json", {
-            "rows_in": n_in, "rows_out": len(result.kept), "dropped": reasons, "extra": result.stats})
+            "rows_in": n_in, "rows_out": len(result.kept), "dropped": reasons, "extra": result.stats,
+            "started": started, "finished": time.time()})
+        return iter(())
+
+
+class CommitStep(PipelineStep):
+    """The last job of a stage on Slurm: merge the ranks' stats and move the
+    stage into the cache (on the local and Ray executors the driver does this)."""
+
+    name = "commonthoughts commit"
+    type = "CommonThoughts"
+
+    def __init__(self, stage_id: str, description: dict[str, Any], fingerprint: str, cache_root: str, ranks: int):
+        super().__init__()
+        self.stage_id, self.description, self.fingerprint = stage_id, description, fingerprint
+        self.cache_root, self.ranks = cache_root, ranks
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        cache = StageCache(Path(self.cache_root))
+        if not cache.has(self.fingerprint):
+            commit_stage(self.stage_id, self.description, self.fingerprint, cache, self.ranks)
         return iter(())
 
 
@@ -129,6 +168,9 @@ def _merge_rank_stats(work: Path, ranks: int) -> dict[str, Any]:
     total = {"rows_in": 0, "rows_out": 0, "dropped": {}, "extra": {}}
     for r in range(ranks):
         s = json.loads((work / "ranks" / f"{r:05d}.json").read_text())
+        for k in ("started", "finished"):
+            if k in s:
+                total[k] = (min if k == "started" else max)(total.get(k, s[k]), s[k])
         total["rows_in"] += s["rows_in"]
         total["rows_out"] += s["rows_out"]
         for k, v in s["dropped"].items():
@@ -139,40 +181,92 @@ def _merge_rank_stats(work: Path, ranks: int) -> dict[str, Any]:
     return total
 
 
-def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: int, recipe_name: str) -> StageRun:
+def commit_stage(stage_id: str, description: dict[str, Any], fingerprint: str, cache: StageCache, ranks: int,
+                 seconds: float | None = None, logs: Path | None = None) -> dict[str, Any]:
+    """Merge a finished stage's rank stats and move it into the cache."""
+    work = cache.work_dir(fingerprint)
+    missing = [r for r in range(ranks) if not (work / "ranks" / f"{r:05d}.json").is_file()]
+    if missing:
+        where = f"; see {logs}" if logs else ""
+        raise PipelineError(f"stage {stage_id!r}: ranks {missing} did not finish{where}")
+    stats = _merge_rank_stats(work, ranks)
+    started, finished = stats.pop("started", 0.0), stats.pop("finished", 0.0)
+    if seconds is None:  # Slurm: from the first task's start to the last task's end
+        seconds = finished - started
+    stats.update(stage=description, seconds=round(seconds, 3))
+    cache.commit(fingerprint, stats)
+    return stats
+
+
+def stage_ranks(stage: PlannedStage, input_shards: int) -> int:
+    """Tasks of a stage's job: one per input shard for a map op, else one."""
+    if stage.op.kind != "map":
+        return 1
+    if input_shards == 0:
+        raise PipelineError(f"stage {stage.id!r}: its input stage has no shards")
+    return input_shards
+
+
+def stage_step(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: int, recipe_name: str) -> StageStep:
+    """The stage's datatrove step; `workers`: processes an op that runs its own may start."""
+    root = cache.root.resolve()  # tasks may run in another folder, on another machine
+    input_dir = str(root / "stages" / stage.input / "data") if stage.input else None
+    return StageStep(stage.id, stage.op.name, stage.params, input_dir, str(root / "tmp" / stage.fingerprint), tasks,
+                     str(root), recipe_name, workers)
+
+
+def run_stage(stage: PlannedStage, cache: StageCache, *, tasks: int, workers: int, recipe_name: str,
+              execution: ExecutionSpec | None = None) -> StageRun:
+    """Run one stage on the local executor or, with `execution.executor == "ray"`,
+    on the Ray executor (the caller has joined a Ray cluster), and commit it."""
+    from data_pipeline.executors import stage_executor
+
     t0 = time.time()
     if cache.has(stage.fingerprint):
         return StageRun(stage, cache.stats(stage.fingerprint), True, time.time() - t0)
-    inputs = [str(p) for p in cache.shards(stage.input)] if stage.input else []
-    if stage.op.kind == "map":
-        ranks = len(inputs)
-        if ranks == 0:
-            raise PipelineError(f"stage {stage.id!r}: its input stage has no shards")
-    else:
-        ranks = 1
+    execution = execution or ExecutionSpec()
+    ranks = stage_ranks(stage, len(cache.shards(stage.input)) if stage.input else 0)
     work = cache.work_dir(stage.fingerprint)
     in_main = stage.op.runs_in_main_process(stage.params)
-    step = StageStep(stage.id, stage.op.name, stage.params, inputs, str(work), tasks, str(cache.root), recipe_name,
-                     workers if in_main else 1)
-    executor = LocalPipelineExecutor(
-        pipeline=[step], tasks=ranks, workers=1 if in_main else min(workers, ranks),
-        logging_dir=str(work / "datatrove"),
-        skip_completed=True, start_method="fork",
-    )
+    kind = execution.executor
+    if kind == "local":
+        # an op with its own processes runs its ranks one at a time in this process, with `workers` processes
+        step = stage_step(stage, cache, tasks=tasks, workers=workers if in_main else 1, recipe_name=recipe_name)
+        concurrent = 1 if in_main else min(workers, ranks)
+    elif kind == "ray":
+        # each task is its own Ray actor: an op with its own processes uses the CPUs reserved for the task
+        step = stage_step(stage, cache, tasks=tasks, workers=execution.cpus_per_task if in_main else 1,
+                          recipe_name=recipe_name)
+        concurrent = min(workers, ranks)
+    else:
+        raise PipelineError(f"run_stage runs the local and ray executors, not {kind!r} (see submit_slurm)")
+    logs = work / "datatrove"
+    executor = stage_executor(kind, [step], ranks=ranks, workers=concurrent, logging_dir=logs, execution=execution)
     try:
         executor.run()
-    except Exception as e:  # datatrove re-raises the task's exception
+    except Exception as e:  # the local executor re-raises the task's exception
         raise PipelineError(f"stage {stage.id!r} ({stage.op.name}) failed: {e}") from e
-    missing = [r for r in range(ranks) if not (work / "ranks" / f"{r:05d}.json").is_file()]
-    if missing:
-        raise PipelineError(f"stage {stage.id!r}: ranks {missing} did not finish; see {work / 'datatrove' / 'logs'}")
-    stats = _merge_rank_stats(work, ranks)
-    stats.update(stage=stage.describe(), seconds=round(time.time() - t0, 3))
-    cache.commit(stage.fingerprint, stats)
+    failure = _first_task_error(logs, ranks, work)
+    if failure:  # the Ray executor logs a failed task and goes on
+        raise PipelineError(f"stage {stage.id!r} ({stage.op.name}) failed: {failure}")
+    stats = commit_stage(stage.id, stage.describe(), stage.fingerprint, cache, ranks, time.time() - t0, logs / "logs")
     return StageRun(stage, stats, False, time.time() - t0)
 
 
-_LOG_LINE = re.compile(r"^(\[NODE \d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+)")
+def _first_task_error(logs: Path, ranks: int, work: Path) -> str | None:
+    """The exception of the first unfinished task, from its log."""
+    for r in range(ranks):
+        if (work / "ranks" / f"{r:05d}.json").is_file():
+            continue
+        log = logs / "logs" / f"task_{r:05d}.log"
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        trace = text.rsplit("Traceback (most recent call last):", 1)[1] if "Traceback" in text else ""
+        errors = [ln for ln in trace.splitlines() if re.match(r"^[A-Za-z_][\w.]*: ", ln)]
+        return f"task {r}: {errors[0] if errors else 'did not finish'} (log: {log})"
+    return None
+
+
+_LOG_LINE = re.compile(r"^(\(\w+ pid=\d+(, ip=[\d.]+)?\) )?(\[NODE \d+\] )?\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \| (\w+)")
 
 
 @contextlib.contextmanager
@@ -199,7 +293,7 @@ def datatrove_logs_to(log_path: Path):
                 log.write(line)
                 m = _LOG_LINE.match(line.decode(errors="replace"))
                 if m:
-                    show = m.group(2) in ("WARNING", "ERROR", "CRITICAL")
+                    show = m.group(4) in ("WARNING", "ERROR", "CRITICAL")
                 if show:
                     out.write(line)
 
@@ -214,13 +308,25 @@ def datatrove_logs_to(log_path: Path):
         thread.join(timeout=2)
 
 
-def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | None = None,
-             workers: int | None = None, echo=print) -> RunResult:
-    """Run every data stage of a recipe, reusing cached stages."""
-    cache = cache or StageCache()
+def execution_of(recipe: Recipe, executor: str | None = None, **overrides: Any) -> ExecutionSpec:
+    """The recipe's execution section with `executor` (and any other field) overridden,
+    validated again (a RecipeError naming the recipe when the override does not fit)."""
+    from pydantic import ValidationError
+
+    from data_pipeline.errors import RecipeError
+
     ex = recipe.spec.data.execution
-    tasks, workers = tasks or ex.tasks, workers or ex.workers
-    stages = plan(recipe)
+    update = {k: v for k, v in dict(overrides, executor=executor).items() if v is not None}
+    if not update:
+        return ex
+    try:
+        return ExecutionSpec.model_validate({**ex.model_dump(), **update})
+    except ValidationError as e:
+        msgs = "; ".join(re.sub(r"^Value error, ", "", err["msg"]) for err in e.errors())
+        raise RecipeError.one(recipe.path, None, "data.execution", f"with {update}: {msgs}") from None
+
+
+def _preflight(stages: list[PlannedStage], cache: StageCache) -> None:
     problems = []
     for stage in stages:
         if stage.op.preflight and not cache.has(stage.fingerprint):
@@ -230,6 +336,31 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
                 problems.append(f"stage {stage.id!r} ({stage.op.name}): {e}")
     if problems:
         raise PipelineError("cannot run on this machine:\n  " + "\n  ".join(problems))
+
+
+def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | None = None,
+             workers: int | None = None, executor: str | None = None, echo=print) -> RunResult:
+    """Run every data stage of a recipe, reusing cached stages, on the local or
+    Ray executor (`executor` overrides the recipe's `data.execution.executor`;
+    Slurm jobs are submitted by `submit_slurm`)."""
+    from data_pipeline.executors import ray_cluster
+
+    cache = cache or StageCache()
+    ex = execution_of(recipe, executor)
+    if ex.executor == "slurm":
+        raise PipelineError("the slurm executor submits jobs and returns: use submit_slurm "
+                            "(`python -m data_pipeline run RECIPE --executor slurm`)")
+    tasks, workers = tasks or ex.tasks, workers or ex.workers
+    stages = plan(recipe)
+    _preflight(stages, cache)
+    todo = [s for s in stages if not cache.has(s.fingerprint)]
+    cluster = ray_cluster(ex.ray, echo) if ex.executor == "ray" and todo else contextlib.nullcontext()
+    with cluster:
+        return _run_stages(recipe, stages, cache, tasks, workers, ex, echo)
+
+
+def _run_stages(recipe: Recipe, stages: list[PlannedStage], cache: StageCache, tasks: int, workers: int,
+                ex: ExecutionSpec, echo) -> RunResult:
     result = RunResult()
     err = sys.stderr
     for i, stage in enumerate(stages, 1):
@@ -238,7 +369,7 @@ def run_data(recipe: Recipe, cache: StageCache | None = None, *, tasks: int | No
         quiet = contextlib.nullcontext() if cache.has(stage.fingerprint) else \
             datatrove_logs_to(cache.root / "logs" / f"{stage.fingerprint}.log")
         with quiet:
-            run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name)
+            run = run_stage(stage, cache, tasks=tasks, workers=workers, recipe_name=recipe.name, execution=ex)
         result.stages.append(run)
         how = "cached" if run.cached else f"{run.seconds:.1f}s"
         echo(f"{tag}: {run.stats['rows_in']} -> {run.stats['rows_out']} rows ({how})", file=err, flush=True)

@@ -13,7 +13,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -79,12 +79,63 @@ class OutputSpec(Strict):
         return v
 
 
-class ExecutionSpec(Strict):
-    """How the data stages run; not part of any fingerprint (same data on any machine)."""
+class RayExecution(Strict):
+    """Where the `ray` executor runs (docs/scale-out.md)."""
 
-    executor: str = Field(default="local", pattern=r"^local$")
+    address: str | None = Field(
+        default=None, description="`auto` or `ray://host:port` to join a running cluster; unset: the cluster this "
+        "process already joined (ray.init), else a local one started for the run")
+
+
+class SlurmExecution(Strict):
+    """What the `slurm` executor writes into each stage's sbatch script (docs/scale-out.md)."""
+
+    partition: str = Field(min_length=1)
+    time: str = Field(default="04:00:00", pattern=r"^\d+(-\d+)?(:\d+){0,2}$",
+                      description="per array task: minutes, HH:MM:SS or D-HH:MM:SS")
+    qos: str | None = None
+    account: str | None = None
+    env_command: str | None = Field(default=None, description="run before the task, e.g. `module load python; "
+                                    "source /shared/ct/.venv/bin/activate` (default: activate this venv)")
+    venv: str | None = Field(default=None, description="a venv folder to activate (instead of env_command)")
+    sbatch_args: dict[str, str | int] = Field(default_factory=dict, description="more #SBATCH options, e.g. "
+                                              "{constraint: cpu, exclusive: ''}")
+    job_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", description="default: ct-<recipe name>")
+    max_array_size: int = Field(default=1001, gt=0, description="the cluster's MaxArraySize")
+    logging_dir: str | None = Field(default=None, description="job folders (scripts, pickled executors, logs), "
+                                    "on a filesystem every node sees; default: <cache>/jobs")
+
+    @model_validator(mode="after")
+    def _one_env(self) -> "SlurmExecution":
+        if self.env_command and self.venv:
+            raise ValueError("give `env_command` or `venv`, not both")
+        return self
+
+
+class ExecutionSpec(Strict):
+    """How the data stages run; not part of any fingerprint (same data on any machine).
+
+    `local` runs each stage on datatrove's LocalPipelineExecutor, `ray` on its
+    RayPipelineExecutor, `slurm` submits one array job per stage (plus a small
+    job that commits the stage to the cache) with SlurmPipelineExecutor, chained
+    by dependencies. `tasks` is the number of shards a global or source stage
+    writes (a map stage runs one task per input shard), `workers` how many
+    tasks run at once. The resources are reserved per task on Ray and Slurm."""
+
+    executor: Literal["local", "ray", "slurm"] = "local"
     tasks: int = Field(default=2, gt=0, le=4096)
     workers: int = Field(default=2, gt=0, le=4096)
+    cpus_per_task: int = Field(default=1, gt=0, le=1024, description="ray and slurm; an op that runs its own "
+                               "processes (verify) uses this many")
+    mem_per_cpu_gb: float = Field(default=2.0, gt=0, le=4096, description="ray and slurm")
+    ray: RayExecution = RayExecution()
+    slurm: SlurmExecution | None = None
+
+    @model_validator(mode="after")
+    def _slurm_section(self) -> "ExecutionSpec":
+        if self.executor == "slurm" and self.slurm is None:
+            raise ValueError("executor `slurm` needs a `slurm` section with at least `partition`")
+        return self
 
 
 class DataSpec(Strict):
@@ -165,6 +216,54 @@ class EvalSpec(Strict):
         return self
 
 
+PLAN_STAGE_KEYS = {"keep": (0.0, 1.0), "sample_keep": (0.0, 1.0), "mean_prompt_tokens": (0.0, None),
+                   "mean_output_tokens": (0.0, None)}
+
+
+class PlanSpec(Strict):
+    """What a run of this recipe is expected to do, for the cost estimate of
+    `python -m data_pipeline plan` (docs/plan.md). Hashed into no fingerprint:
+    expectations are not data. Hardware figures (throughputs) come from a
+    profile; source rows and the share of rows each stage keeps, which depend on
+    the data, can be given here."""
+
+    profile: str | None = Field(default=None, description="a shipped profile name (data_pipeline/profiles/<name>.yaml) "
+                                "or a .yaml path relative to the file that sets it; default: `default`")
+    source_rows: dict[str, int] = Field(default_factory=dict, description="rows of a source (by source name) "
+                                        "whose `count` is unset")
+    stages: dict[str, dict[str, float]] = Field(default_factory=dict, description="per stage id: keep, sample_keep "
+                                                "(shares kept), mean_prompt_tokens, mean_output_tokens")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
+        if v is not None and not (re.match(r"^[a-z0-9][a-z0-9_-]*$", v) or
+                                  (v.endswith((".yaml", ".yml")) and not Path(v).is_absolute())):
+            raise ValueError("a shipped profile name (e.g. `default`) or a relative path to a .yaml file")
+        return v
+
+    @field_validator("source_rows")
+    @classmethod
+    def _rows(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if n <= 0}
+        if bad:
+            raise ValueError(f"row counts must be positive: {bad}")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_figures(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for sid, figures in v.items():
+            for key, x in figures.items():
+                if key not in PLAN_STAGE_KEYS:
+                    raise ValueError(f"{sid}.{key}: unknown figure; known: {sorted(PLAN_STAGE_KEYS)}")
+                lo, hi = PLAN_STAGE_KEYS[key]
+                if not (x > lo if hi is None else lo <= x <= hi):
+                    raise ValueError(f"{sid}.{key}: {x} is out of range " +
+                                     (f"(must be > {lo:g})" if hi is None else f"[{lo:g}, {hi:g}]"))
+        return v
+
+
 class RecipeSpec(Strict):
     name: str = Field(pattern=NAME_RE)
     version: str = Field(pattern=SEMVER_RE, description="semantic version, e.g. 1.0.0")
@@ -173,6 +272,7 @@ class RecipeSpec(Strict):
     data: DataSpec
     sft: SFTSpec | None = None
     eval: EvalSpec | None = None
+    plan: PlanSpec | None = None
 
 
 @dataclass

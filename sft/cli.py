@@ -118,7 +118,8 @@ def base_model_dir(recipe, cache: StageCache) -> tuple[Path, str]:
 
 
 def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None = None,
-          registry_root: str | None = None, num_processes: int | None = None) -> tuple[str, str]:
+          registry_root: str | None = None, num_processes: int | None = None,
+          launcher: str | None = None) -> tuple[str, str]:
     from data_pipeline.recipe import load_recipe
     from data_pipeline.registries import load_plugins
 
@@ -144,6 +145,8 @@ def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None 
     job = {"args": dict(recipe.spec.sft.args), "base_model_dir": str(base), "train_files": files,
            "output_dir": str(work / "model"), "card": card, "prepared_cache": str(cache.root / "sft-prepared")}
     config = accelerate_config(recipe)
+    if config is None and launcher:
+        config = ACCELERATE_DIR / "ddp.yaml"
     if config is None and _gpu_count() > 1:
         config = ACCELERATE_DIR / "ddp.yaml"
         num_processes = num_processes or _gpu_count()
@@ -151,7 +154,7 @@ def train(recipe_path: str, *, if_missing: bool = False, cache_root: str | None 
     if config is None:
         stats = run_job(job)
     else:
-        stats = launch(config, job, work, num_processes=num_processes)
+        stats = launch(config, job, work, num_processes=num_processes, launcher=launcher)
     print(f"trained {stats.get('steps')} steps in {stats.get('wall_time_s')}s, "
           f"{stats.get('tokens_per_s')} tokens/s, final loss {stats.get('final_loss')}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="publish-model-") as tmp:
@@ -208,8 +211,25 @@ def launch_command(config: Path, job_file: Path, num_processes: int | None = Non
     return [*cmd, "-m", "sft", "worker", str(job_file)]
 
 
-def launch(config: Path, job: dict, work: Path, *, num_processes: int | None = None) -> dict:
-    """Run `job` on every rank with `accelerate launch`; return the main process's stats."""
+def custom_launch_command(template: str, config: Path, job_file: Path) -> list[str]:
+    """`--launcher TEMPLATE`: a shell command with `{config}` and `{job}` placeholders that starts
+    the ranks itself (e.g. one `accelerate launch` per node through srun: sft/slurm/train.sbatch)."""
+    from data_pipeline.errors import PipelineError
+
+    for placeholder in ("{config}", "{job}"):
+        if placeholder not in template:
+            raise PipelineError(f"--launcher: the command has no {placeholder} placeholder")
+    for path in (config, job_file):
+        if shlex.quote(str(path)) != str(path):  # it is pasted into a command line, maybe inside quotes
+            raise PipelineError(f"--launcher: the path {path} would need shell quoting; use a cache folder without "
+                                "spaces or quotes (COMMONTHOUGHTS_CACHE)")
+    return ["bash", "-c", template.replace("{config}", str(config)).replace("{job}", str(job_file))]
+
+
+def launch(config: Path, job: dict, work: Path, *, num_processes: int | None = None,
+           launcher: str | None = None) -> dict:
+    """Run `job` on every rank with `accelerate launch` (or the `launcher` command); return the
+    main process's stats."""
     from data_pipeline.errors import PipelineError
 
     work.mkdir(parents=True, exist_ok=True)
@@ -219,7 +239,8 @@ def launch(config: Path, job: dict, work: Path, *, num_processes: int | None = N
     os.replace(tmp, job_file)
     stats_file = Path(job["output_dir"]) / "stats.json"
     stats_file.unlink(missing_ok=True)
-    cmd = launch_command(config, job_file, num_processes)
+    cmd = custom_launch_command(launcher, config, job_file) if launcher else launch_command(config, job_file,
+                                                                                             num_processes)
     print("launching: " + shlex.join(cmd), file=sys.stderr)
     rc = subprocess.run(cmd).returncode
     if rc != 0 or not stats_file.is_file():
@@ -237,10 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--cache")
     t.add_argument("--registry")
     t.add_argument("--num-processes", type=int, help="processes for `accelerate launch` (default: local GPUs)")
+    t.add_argument("--launcher", metavar="COMMAND",
+                   help="start the ranks with this shell command instead of a local `accelerate launch`; "
+                        "{config} and {job} are replaced by the accelerate config and the job file "
+                        "(multi-node: sft/slurm/train.sbatch)")
     w = sub.add_parser("worker", help="one rank of a launched run (started by `train` through accelerate)")
     w.add_argument("job", help="the job file `train` wrote")
     args = ap.parse_args(argv)
     if args.cmd == "worker":
         return run_command(lambda: run_job(json.loads(Path(args.job).read_text())) and None)
     return run_command(lambda: train(args.recipe, if_missing=args.if_missing, cache_root=args.cache,
-                                      registry_root=args.registry, num_processes=args.num_processes) and None)
+                                      registry_root=args.registry, num_processes=args.num_processes,
+                                      launcher=args.launcher) and None)
