@@ -21,38 +21,11 @@ import pytest
 import yaml
 
 from community.cli import main
+from community_recipes import BASE, CHILD
 from community.submission import SUBMISSIONS_DIR, parse_contributor
 from community.validate import validate_tree
 from data_pipeline.registry import LocalRegistry, fp_tag
 
-BASE = """\
-name: nano-base
-version: 1.0.0
-data:
-  sources:
-    arith: {uri: "nano://arith?levels=1-2&families=add", count: 50, seed: 1}
-  stages:
-    dedup: {method: exact}
-    distill: {engine: procedural, model: nano-noisy, samples: 2}
-    verify: {keep: correct}
-    format: {}
-sft:
-  model: {init: nano-2m}
-  args: {learning_rate: 3.0e-3, max_steps: 12, per_device_train_batch_size: 8, global_batch_size: 16, seed: 0}
-eval:
-  benchmarks: [nano-bench]
-  samples: 2
-  sampling: {temperature: 0.6, max_tokens: 48}
-"""
-
-CHILD = """\
-extends: base.yaml
-name: nano-child
-version: 1.0.0
-data:
-  stages:
-    verify: {keep: all}
-"""
 
 FUNNEL = [
     {"stage": "mix", "rows_in": 50, "rows_out": 50, "dropped": {}, "extra": {}},
