@@ -164,11 +164,14 @@ def _fuzzy_hit(text: str, toks: list[str], short: list[tuple[int, str, Hit, Coun
 
 
 def _benchmark_data(p: DecontaminateParams) -> dict[str, str]:
-    from eval.benchmarks import benchmark_texts, get_benchmark
+    from eval.benchmarks import BenchmarkDataMissing, benchmark_texts, get_benchmark
 
     out = {}
     for b in p.benchmarks:
-        texts = [t for f in ("problem", "answer", "solution") for _, t in benchmark_texts(b, f)]
+        try:
+            texts = [t for f in ("problem", "answer", "solution") for _, t in benchmark_texts(b, f)]
+        except BenchmarkDataMissing as e:  # the fingerprint hashes the rows: name the field that needs them
+            raise BenchmarkDataMissing(f"decontaminate: benchmarks: {b}: {e}") from None
         out[b] = f"{get_benchmark(b).version}:" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
     return out
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 
 from data_pipeline.cache import SUCCESS, StageCache, write_parquet, atomic_write_json
-from data_pipeline.errors import PipelineError
+from data_pipeline.errors import PipelineError, RecipeError
 from data_pipeline.fingerprint import PlannedStage, stage_fingerprint
 from data_pipeline.ops import OPS, OpContext, OpParams, OpResult
 from data_pipeline.recipe import ExecutionSpec, Recipe
@@ -47,7 +47,11 @@ def plan(recipe: Recipe) -> list[PlannedStage]:
     fp = stage_fingerprint(mix, mix_params, None)
     stages = [PlannedStage("mix", mix, mix_params, None, fp)]
     for st in recipe.stages:
-        new = stage_fingerprint(st.op, st.params, fp)
+        try:
+            new = stage_fingerprint(st.op, st.params, fp)
+        except FileNotFoundError as e:  # data the fingerprint hashes (e.g. benchmark files) is absent
+            file, line = recipe.where(("data", "stages", st.id))
+            raise RecipeError.one(Path(file), line, f"data.stages.{st.id}", f"cannot compute the fingerprint: {e}") from None
         stages.append(PlannedStage(st.id, st.op, st.params, fp, new))
         fp = new
     return stages

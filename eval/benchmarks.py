@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from data_pipeline.errors import PipelineError
 # the name registry lets `data_pipeline` validate recipes' benchmark names
 from data_pipeline.registries import register_benchmark_name
 
@@ -135,13 +136,21 @@ def shared_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+class BenchmarkDataMissing(PipelineError, FileNotFoundError):
+    """A benchmark's data is not on this machine. A PipelineError, so the CLIs
+    print its one-line message (no traceback); a FileNotFoundError for callers
+    that catch that."""
+
+
 def _read_jsonl(relative: str) -> list[dict[str, Any]]:
     import gzip
 
     path = shared_data_dir() / relative
     if not path.is_file():
-        raise FileNotFoundError(
-            f"offline benchmark file {path} not found; set COMMONTHOUGHTS_SHARED_DATA to the shared data folder"
+        raise BenchmarkDataMissing(
+            f"offline benchmark file {path} not found: run `python -m eval fetch-data` to download the pinned "
+            f"benchmark files there (eval/benchmark_data.py), or set COMMONTHOUGHTS_SHARED_DATA to a folder that "
+            f"has them"
         )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -150,7 +159,7 @@ def _read_jsonl(relative: str) -> list[dict[str, Any]]:
 
 def _hub_only(name: str, hub_id: str) -> Callable[[], list[dict[str, Any]]]:
     def load() -> list[dict[str, Any]]:
-        raise FileNotFoundError(
+        raise BenchmarkDataMissing(
             f"benchmark {name!r} has no offline mirror: it is read from the Hub ({hub_id}) on a machine with access")
     return load
 

@@ -1,4 +1,4 @@
-"""`python -m eval {run,rescore,compare}`.
+"""`python -m eval {run,rescore,compare,fetch-data}`.
 
 `run RECIPE` scores the recipe's trained student (found in the registry at its
 model fingerprint) on the recipe's benchmarks and writes `results.json` and
@@ -6,7 +6,8 @@ model fingerprint) on the recipe's benchmarks and writes `results.json` and
 `rescore DIR` scores a results folder's responses again without generating
 (after a scorer fix, or to check a published result); `--out` writes the new
 results there. `compare A B` is the paired comparison of two results on the
-same problems.
+same problems. `fetch-data [DEST]` downloads the pinned offline benchmark files
+(eval/benchmark_data.py) into the shared data folder.
 """
 
 from __future__ import annotations
@@ -144,11 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a")
     c.add_argument("b")
     c.add_argument("--json", action="store_true")
+    f = sub.add_parser("fetch-data", help="download the pinned offline benchmark files (eval/benchmark_data.py)")
+    f.add_argument("dest", nargs="?", help="the shared data folder (default: $COMMONTHOUGHTS_SHARED_DATA or ../shared/data)")
+    f.add_argument("--base-url", help="a mirror with the layout of https://raw.githubusercontent.com (the default)")
+    f.add_argument("--force", action="store_true", help="download again even when a file's sha256 is right")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return run_command(lambda: run(args.recipe, registry_root=args.registry, limit=args.limit) and None)
     if args.cmd == "rescore":
         return run_command(lambda: rescore_dir(args.results_dir, out=args.out) and None)
+    if args.cmd == "fetch-data":
+        from eval.benchmark_data import fetch_command
+
+        return run_command(fetch_command, args.dest, args.base_url, args.force)
     return run_command(print_comparison, args.a, args.b, as_json=args.json)
 
 
