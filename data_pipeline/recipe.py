@@ -427,6 +427,9 @@ def load_recipe(path: str | Path) -> Recipe:
             for loc, msg in check(recipe):
                 file, line = recipe.where(loc)
                 problems.append(Problem(file, line, ".".join(map(str, loc)), msg))
+        from data_pipeline.estimate import check_plan_hints
+
+        problems += check_plan_hints(recipe)  # `plan:` hints must name the recipe's stages and sources
     if problems:
         raise RecipeError(problems)
     return recipe
