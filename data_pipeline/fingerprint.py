@@ -29,11 +29,15 @@ def sha256_hex(text: str | bytes) -> str:
 
 
 def normalise_params(params: OpParams) -> dict[str, Any]:
-    """Parameters as hashed: without the `op` alias and without the fields an op
-    declares operational (`UNHASHED`: where and how fast it runs, prices)."""
+    """Parameters as hashed: without the `op` alias, without the fields an op
+    declares operational (`UNHASHED`: where and how fast it runs, prices), and
+    without those its `unhashed_fields()` says cannot matter for these settings
+    (a parameter added to one mode of an op leaves the other modes' fingerprints as they were)."""
     d = params.model_dump(mode="json")
     d.pop("op", None)
     for name in getattr(type(params), "UNHASHED", ()):
+        d.pop(name, None)
+    for name in params.unhashed_fields() if hasattr(params, "unhashed_fields") else ():
         d.pop(name, None)
     return d
 

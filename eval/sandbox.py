@@ -10,12 +10,15 @@ Public API
 - ``run_program(code, *, stdin="", timeout_s=10.0, memory_mb=None, limits=None) -> ExecResult``
 - ``check_python_tests(program, tests, *, setup="", entry_point=None, per_test_timeout_s=5.0,
   total_timeout_s=60.0, memory_mb=None, limits=None) -> CodeVerdict``
-- ``check_io(program, cases, *, float_tol=1e-6, per_test_timeout_s=5.0, total_timeout_s=60.0,
-  memory_mb=None, limits=None) -> CodeVerdict``
+- ``check_io(program, cases, *, float_tol=1e-6, exact_ints=False, per_test_timeout_s=5.0,
+  total_timeout_s=60.0, memory_mb=None, limits=None) -> CodeVerdict``
+- ``check_calls(program, fn_name, cases, *, float_tol=1e-6, per_test_timeout_s=5.0,
+  total_timeout_s=60.0, memory_mb=None, limits=None) -> CodeVerdict``
 - ``score_code_many(items, *, workers=2, **common) -> list[CodeVerdict]``
 - ``sandbox_capabilities() -> dict``
 - ``extract_code(response, language="python") -> str | None``
-- ``outputs_match(got, expected, float_tol=1e-6) -> bool``
+- ``outputs_match(got, expected, float_tol=1e-6, *, exact_ints=False) -> bool``
+- ``values_match(got, expected, float_tol=1e-6) -> bool``
 
 How a program runs (one sandbox per call)
 -----------------------------------------
@@ -57,8 +60,9 @@ code reports completion after the test statement ran, so ``sys.exit(0)``, ``os._
 exceptions, printed markers or killing the driver make a test fail, never pass. A record
 written twice for the same test (a forgery through /proc) marks the run as tampered.
 Code that introspects the interpreter to find expected values inside the same process
-(frame inspection) can still fake an assert-style pass; stdin/stdout cases are compared
-here, in the harness, so the sandbox never sees the expected outputs.
+(frame inspection) can still fake an assert-style pass; stdin/stdout cases and function-call
+cases (``check_calls``: the return value comes back as JSON) are compared here, in the
+harness, so the sandbox never sees the expected outputs.
 """
 
 from __future__ import annotations
@@ -82,12 +86,13 @@ from dataclasses import asdict, dataclass, field, replace
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
-    from typing import Any, Iterable
+    from typing import Any, Callable, Iterable
 
 __all__ = [
     "CodeVerdict",
     "ExecResult",
     "Limits",
+    "check_calls",
     "check_io",
     "check_python_tests",
     "extract_code",
@@ -95,6 +100,7 @@ __all__ = [
     "run_program",
     "sandbox_capabilities",
     "score_code_many",
+    "values_match",
 ]
 
 # ----------------------------------------------------------------- public types
@@ -1746,14 +1752,29 @@ def _num(tok: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def outputs_match(got: str, expected: str, float_tol: float = 1e-6) -> bool:
+_INT_TOKEN = re.compile(r"[+-]?[0-9]+")
+
+
+def _int_value(tok: str) -> str:
+    """An integer token's value, written canonically (int() refuses over 4300 digits)."""
+    digits = tok.lstrip("+-").lstrip("0") or "0"
+    return ("-" if tok.startswith("-") and digits != "0" else "") + digits
+
+
+def outputs_match(got: str, expected: str, float_tol: float = 1e-6, *, exact_ints: bool = False) -> bool:
     """Token-by-token comparison, whitespace-insensitive; numbers within `float_tol`
-    (absolute or relative) are equal."""
+    (absolute or relative) are equal. With `exact_ints`, two integer tokens must have the
+    same value (the tolerance applies only where one of the two has a fraction or an
+    exponent): otherwise a relative 1e-6 makes 1000001 equal to 1000000."""
     a, b = got.split(), expected.split()
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
         if x == y:
+            continue
+        if exact_ints and _INT_TOKEN.fullmatch(x) and _INT_TOKEN.fullmatch(y):
+            if _int_value(x) != _int_value(y):
+                return False
             continue
         fx, fy = _num(x), _num(y)
         if fx is None or fy is None:
@@ -1763,33 +1784,33 @@ def outputs_match(got: str, expected: str, float_tol: float = 1e-6) -> bool:
     return True
 
 
-def check_io(program: str, cases: list[tuple[str, str]], *, float_tol: float = 1e-6,
-             per_test_timeout_s: float = 5.0, total_timeout_s: float = 60.0,
-             memory_mb: int | None = None, limits: Limits | None = None) -> CodeVerdict:
-    """Check a stdin/stdout program on (input, expected output) cases. Each case runs in
-    its own forked process; outputs are compared here, so the sandbox never sees them.
-    A nonzero exit counts as an error even when the output is right."""
-    lim = _limits(memory_mb, limits)
-    if not cases:
+def _check_stdin_units(program: str, inputs: list[str], expected: list[Any],
+                       judge: Callable[[str, Any], tuple[bool, str]], *, per_test_timeout_s: float,
+                       total_timeout_s: float, lim: Limits) -> CodeVerdict:
+    """Run `program` once per input (on its stdin, each in its own forked process) and
+    judge each stdout here, in the harness: `judge(stdout, expected) -> (ok, detail)`.
+    The expected values never enter the sandbox. A nonzero exit is an error."""
+    if not inputs:
         return CodeVerdict(False, 0, 0, "error", "no tests")
-    inputs = [str(c[0]) for c in cases]
     try:
         mode = _select_mode()
     except RuntimeError as e:
-        return CodeVerdict(False, 0, len(cases), "sandbox_error", str(e), ["sandbox_error"] * len(cases))
+        return CodeVerdict(False, 0, len(inputs), "sandbox_error", str(e), ["sandbox_error"] * len(inputs))
     raw = _execute(mode, {"mode": "io", "program": program, "inputs": inputs}, lim, stdin=b"",
                    unit_timeout_s=per_test_timeout_s, total_timeout_s=total_timeout_s)
-    recs, problem = _units_from(raw, len(cases))
+    recs, problem = _units_from(raw, len(inputs))
     statuses, details = [], []
-    for r, (_, expected) in zip(recs, cases):
+    for r, exp in zip(recs, expected):
         s = _unit_status(r, "io")
+        why = ""
         if s == "ok":
-            s = "passed" if outputs_match(str(r.get("stdout", "")), str(expected), float_tol) else "failed"
+            ok, why = judge(str(r.get("stdout", "")), exp)
+            s = "passed" if ok else "failed"
         statuses.append(s)
         if r is None:
             details.append("not run: total time limit")
         elif s == "failed":
-            details.append(f"wrong output: {str(r.get('stdout', ''))[:200]!r}")
+            details.append(why)
         elif s == "timeout":
             details.append(f"over {per_test_timeout_s} s")
         else:
@@ -1799,18 +1820,120 @@ def check_io(program: str, cases: list[tuple[str, str]], *, float_tol: float = 1
     return _verdict(statuses, details, raw.wall_s, problem, raw.oom_kills)
 
 
+def check_io(program: str, cases: list[tuple[str, str]], *, float_tol: float = 1e-6,
+             exact_ints: bool = False, per_test_timeout_s: float = 5.0, total_timeout_s: float = 60.0,
+             memory_mb: int | None = None, limits: Limits | None = None) -> CodeVerdict:
+    """Check a stdin/stdout program on (input, expected output) cases. Each case runs in
+    its own forked process; outputs are compared here (``outputs_match``), so the sandbox
+    never sees them. A nonzero exit counts as an error even when the output is right."""
+    def judge(stdout: str, exp: Any) -> tuple[bool, str]:
+        ok = outputs_match(stdout, str(exp), float_tol, exact_ints=exact_ints)
+        return ok, "" if ok else f"wrong output: {stdout[:200]!r}"
+
+    return _check_stdin_units(program, [str(c[0]) for c in cases], [c[1] for c in cases], judge,
+                              per_test_timeout_s=per_test_timeout_s, total_timeout_s=total_timeout_s,
+                              lim=_limits(memory_mb, limits))
+
+
+def values_match(got: Any, expected: Any, float_tol: float = 1e-6) -> bool:
+    """Equality of JSON values (lists and tuples alike, as JSON has no tuples): bools only
+    equal bools, ints compare exactly, a float within `float_tol` (absolute or relative)
+    of the other number, containers element by element."""
+    if isinstance(got, bool) or isinstance(expected, bool):
+        return isinstance(got, bool) and isinstance(expected, bool) and got == expected
+    if isinstance(got, (int, float)) and isinstance(expected, (int, float)):
+        if isinstance(got, int) and isinstance(expected, int):
+            return got == expected
+        if got == expected:
+            return True
+        return math.isfinite(got) and math.isfinite(expected) and \
+            math.isclose(got, expected, rel_tol=float_tol, abs_tol=float_tol)
+    if isinstance(got, (list, tuple)) and isinstance(expected, (list, tuple)):
+        return len(got) == len(expected) and all(values_match(a, b, float_tol) for a, b in zip(got, expected))
+    if isinstance(got, dict) and isinstance(expected, dict):
+        return got.keys() == expected.keys() and all(values_match(got[k], expected[k], float_tol) for k in got)
+    return type(got) is type(expected) and got == expected
+
+
+# The program runs as module `solution` (so its `if __name__ == "__main__":` part does
+# not), with print() sent to stderr; the arguments come on stdin as JSON, the return value
+# goes to stdout as JSON after a marker line. Nothing here is secret: the expected values
+# stay in the harness.
+_CALL_MARKER = "\x1e@ct-return@\x1e"
+_CALL_WRAPPER = """\
+import io as _ct_io, json as _ct_json, sys as _ct_sys
+_ct_args = _ct_json.loads(_ct_sys.stdin.read())
+_ct_out, _ct_sys.stdin, _ct_sys.stdout = _ct_sys.stdout, _ct_io.StringIO(""), _ct_sys.stderr
+_ct_g = {{"__name__": "solution", "__builtins__": __builtins__}}
+exec(compile({program!r}, "solution.py", "exec"), _ct_g)
+_ct_fn = _ct_g.get({fn_name!r})
+if _ct_fn is None and isinstance(_ct_g.get("Solution"), type) and hasattr(_ct_g["Solution"], {fn_name!r}):
+    _ct_fn = getattr(_ct_g["Solution"](), {fn_name!r})
+if not callable(_ct_fn):
+    raise NameError("the program defines no function " + {fn_name!r})
+_ct_res = _ct_fn(**_ct_args) if isinstance(_ct_args, dict) else _ct_fn(*_ct_args)
+_ct_sys.stdout = _ct_out
+def _ct_plain(o):  # numpy values and arrays, sets; anything else as its repr
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        try:
+            return sorted(o)
+        except TypeError:
+            return list(o)
+    return repr(o)
+_ct_out.write("\\n" + {marker!r} + _ct_json.dumps(_ct_res, default=_ct_plain) + "\\n")
+_ct_out.flush()
+"""
+
+
+def check_calls(program: str, fn_name: str, cases: list[tuple[Any, Any]], *, float_tol: float = 1e-6,
+                per_test_timeout_s: float = 5.0, total_timeout_s: float = 60.0,
+                memory_mb: int | None = None, limits: Limits | None = None) -> CodeVerdict:
+    """Check the function `fn_name` of `program` on (arguments, expected return value)
+    cases (APPS/TACO call-based problems): the arguments are a list (positional) or a dict
+    (keyword) of JSON values. `fn_name` may also be a method of a class ``Solution``
+    (LeetCode style). Each case runs in its own forked process; the return value comes
+    back as JSON and is compared here with ``values_match``, so the sandbox never sees
+    the expected values. As in APPS' checker, an expected value that is a one-element
+    list also accepts its element."""
+    if not fn_name.isidentifier():
+        return CodeVerdict(False, 0, len(cases), "error", f"not a function name: {fn_name!r}")
+    wrapper = _CALL_WRAPPER.format(program=program, fn_name=fn_name, marker=_CALL_MARKER)
+
+    def judge(stdout: str, exp: Any) -> tuple[bool, str]:
+        pos = stdout.rfind(_CALL_MARKER)
+        if pos < 0:
+            return False, "no return value"
+        try:
+            got = json.loads(stdout[pos + len(_CALL_MARKER):])
+            ok = values_match(got, exp, float_tol) or (
+                isinstance(exp, list) and len(exp) == 1 and values_match(got, exp[0], float_tol))
+        except (ValueError, RecursionError):
+            return False, "return value not readable"
+        return ok, "" if ok else f"wrong return value: {stdout[pos + len(_CALL_MARKER):][:200].strip()}"
+
+    inputs = [json.dumps(args) for args, _ in cases]
+    return _check_stdin_units(wrapper, inputs, [exp for _, exp in cases], judge,
+                              per_test_timeout_s=per_test_timeout_s, total_timeout_s=total_timeout_s,
+                              lim=_limits(memory_mb, limits))
+
+
 def score_code_many(items: Iterable[dict], *, workers: int = 2, **common: Any) -> list[CodeVerdict]:
     """Run many checks in parallel (threads, each driving its own sandbox processes).
 
     Each item is a dict: ``{"program", "tests", "entry_point"?, "setup"?}`` for
-    ``check_python_tests`` or ``{"program", "cases", "float_tol"?}`` for ``check_io``; other
-    keys are passed as keyword arguments, over `common`. Results come back in order."""
+    ``check_python_tests``, ``{"program", "cases", "float_tol"?, "exact_ints"?}`` for
+    ``check_io`` or ``{"program", "fn_name", "cases", "float_tol"?}`` for ``check_calls``;
+    other keys are passed as keyword arguments, over `common`. Results come back in order."""
     items = list(items)
 
     def one(item: dict) -> CodeVerdict:
         kw = {**common, **item}
         program = kw.pop("program")
         try:
+            if "fn_name" in kw:
+                return check_calls(program, kw.pop("fn_name"), kw.pop("cases"), **kw)
             if "cases" in kw:
                 return check_io(program, kw.pop("cases"), **kw)
             return check_python_tests(program, kw.pop("tests"), **kw)
