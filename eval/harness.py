@@ -261,7 +261,9 @@ def evaluate(
     details: dict[str, list[dict[str, Any]]] = {bench.name: [] for bench, _ in plan}
     for m, c in zip(meta, completions):
         details[m["benchmark"]].append({
-            **m, "response": c.text, "extracted": None, "correct": False, "score_status": None,
+            # the answer is scored; a reasoning model's thought (split off by the engine) is kept beside it
+            **m, "response": c.text, "reasoning": c.reasoning, "extracted": None, "correct": False,
+            "score_status": None,
             "finish_reason": c.finish_reason, "error": c.error,
             "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
         })
@@ -335,6 +337,7 @@ DETAILS_SCHEMA = pa.schema(
         ("prompt", pa.string()),
         ("gold", pa.string()),
         ("response", pa.string()),
+        ("reasoning", pa.string()),
         ("extracted", pa.string()),
         ("correct", pa.bool_()),
         ("score_status", pa.string()),

@@ -100,6 +100,48 @@ class Engine(ABC):
         pass
 
 
+THINK_TAGS: tuple[str, str] = ("<think>", "</think>")
+
+
+def split_reasoning(prompt: str, text: str, tags: tuple[str, str] = THINK_TAGS) -> tuple[str | None, str]:
+    """(reasoning, answer) of a completion, as a server-side reasoning parser
+    (vLLM's `--reasoning-parser deepseek_r1`) puts them in `reasoning_content`
+    and `content`, for engines that see the raw text. `prompt` is the rendered
+    conversation with its generation prompt.
+
+    - The prompt opens a thought (ends with the opening tag and optional
+      whitespace: QwQ-32B, DeepSeek-R1 templates since 2025): the completion
+      starts inside it and holds only the closing tag. Reasoning is what comes
+      before the first closing tag, the answer what follows it; with no closing
+      tag (a truncated thought) it is all reasoning and the answer is empty.
+    - Otherwise a completion that starts with the opening tag (the model opened
+      the thought itself) is split the same way.
+    - Otherwise there is no reasoning: (None, text), the text untouched.
+
+    Both parts are stripped of surrounding whitespace; an empty thought gives
+    reasoning None (as the endpoint engine reads an empty `reasoning_content`).
+    """
+    open_, close = tags
+    lead = text.lstrip()
+    if prompt.rstrip().endswith(open_):
+        body = lead[len(open_):] if lead.startswith(open_) else text  # a repeated opening tag
+    elif lead.startswith(open_):
+        body = lead[len(open_):]
+    else:
+        return None, text
+    reasoning, _, answer = body.partition(close)
+    return reasoning.strip() or None, answer.strip()
+
+
+def split_completion(completion: "Completion", prompt: str, tags: tuple[str, str] = THINK_TAGS) -> "Completion":
+    """`completion` with its reasoning moved out of `text` (split_reasoning);
+    failed completions and ones whose reasoning is already apart are left as
+    they are. The finish reason is kept: a truncated thought stays "length"."""
+    if completion.finish_reason != "error" and completion.reasoning is None:
+        completion.reasoning, completion.text = split_reasoning(prompt, completion.text, tags)
+    return completion
+
+
 def request_key(identity: dict[str, Any], sampling: Sampling, request: GenerationRequest) -> str:
     payload = {
         "identity": identity,

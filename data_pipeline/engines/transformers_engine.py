@@ -11,6 +11,12 @@ Options: `batch_size` (32), `device` ("cuda" if available, else "cpu"),
 threads while generating, restored afterwards; default: leave torch's setting).
 Tiny models on a busy CPU run far faster with threads=1: OpenMP workers that
 spin-wait for a core another process holds make every small matmul slow.
+
+Reasoning: the decoded text is split into `reasoning` and `text` against the
+rendered prompt (`base.split_reasoning`), as a server's reasoning parser does
+for the endpoint engine: where the template opens the thought (QwQ-32B's
+generation prompt ends with `<think>`), the text holds only the closing tag.
+`think_tags` (default `("<think>", "</think>")`) names the pair.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ from typing import Any
 
 import torch
 
-from data_pipeline.engines.base import Completion, Engine, GenerationRequest, OnResult, Sampling, register_engine
+from data_pipeline.engines.base import (
+    THINK_TAGS,
+    Completion,
+    Engine,
+    GenerationRequest,
+    OnResult,
+    Sampling,
+    register_engine,
+    split_completion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +78,7 @@ class TransformersEngine(Engine):
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.threads = int(options["threads"]) if options.get("threads") else None
+        self.think_tags = tuple(options.get("think_tags") or THINK_TAGS)
         self.device = torch.device(options.get("device") or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = options.get("dtype") or ("float32" if self.device.type == "cpu" else "auto")
         # A Hub id is only loaded from the local cache: engines never download.
@@ -97,6 +113,13 @@ class TransformersEngine(Engine):
             ident["model_sha256"] = self._fingerprint
         ident["dtype"] = str(self.hf_model.dtype).removeprefix("torch.")
         ident["device"] = self.device.type
+        # The request cache stores completions as the engine hands them over,
+        # already split into reasoning and text; it keeps no raw text to split
+        # again at read time. Answers cached before the split (the whole thought
+        # in `text`) must not be served next to split ones, so the tags are part
+        # of the identity: those are asked again once, and a different tag pair
+        # never shares an entry.
+        ident["think_tags"] = list(self.think_tags)
         return ident
 
     def _eos_ids(self) -> set[int]:
@@ -108,12 +131,11 @@ class TransformersEngine(Engine):
                 ids.update(int(v) for v in value)
         return ids
 
-    def render(self, request: GenerationRequest) -> list[int]:
-        """Token ids of the request's conversation with the generation prompt."""
-        text = self.tokenizer.apply_chat_template(
+    def prompt_text(self, request: GenerationRequest) -> str:
+        """The request's conversation rendered with the generation prompt."""
+        return self.tokenizer.apply_chat_template(
             request.messages_as_dicts(), add_generation_prompt=True, tokenize=False
         )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @contextlib.contextmanager
     def _cpu_threads(self) -> Iterator[None]:
@@ -138,10 +160,12 @@ class TransformersEngine(Engine):
     def _generate(self, requests: list[GenerationRequest], sampling: Sampling,
                   on_result: OnResult | None) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
+        texts: dict[int, str] = {}
         prompts: dict[int, list[int]] = {}
         for i, request in enumerate(requests):
             try:
-                prompts[i] = self.render(request)
+                texts[i] = self.prompt_text(request)
+                prompts[i] = self.tokenizer(texts[i], add_special_tokens=False)["input_ids"]
             except Exception as exc:  # noqa: BLE001 - e.g. a template that rejects the roles
                 out[i] = self._completion("", "error", 0, 0, error=f"chat template: {exc!r}")
                 if on_result:
@@ -156,7 +180,7 @@ class TransformersEngine(Engine):
                 logger.exception("transformers engine: batch failed")
                 batch = [self._completion("", "error", len(prompts[i]), 0, error=repr(exc)) for i in idx]
             for i, completion in zip(idx, batch):
-                out[i] = completion
+                out[i] = split_completion(completion, texts[i], self.think_tags)
                 if on_result:
                     on_result(i, completion)
         return out  # type: ignore[return-value]
