@@ -226,6 +226,8 @@ def distill(rows: list[dict], params: DistillParams, ctx: OpContext) -> OpResult
                 if params.on_truncated == "drop":
                     selected = False
             failures += c.finish_reason == "error"
+            if c.reasoning is None and "</think>" in (c.text or "") and "<think>" not in c.text:
+                stats["warnings/unopened_think"] = stats.get("warnings/unopened_think", 0) + 1
             resp.append({**c.to_dict(), "sample_index": s, "verdict": None, "extracted": None, "selected": selected})
             stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + c.prompt_tokens
             stats["completion_tokens"] = stats.get("completion_tokens", 0) + c.completion_tokens
@@ -239,6 +241,12 @@ def distill(rows: list[dict], params: DistillParams, ctx: OpContext) -> OpResult
         if cost is not None:
             stats[f"{prefix}cost"] = cost
     stats["generation_task_s"] = round(time.time() - t0, 3)
+    if stats.get("warnings/unopened_think"):
+        # The chat template opened the thought (QwQ) and a server returned the text without a
+        # reasoning parser: the answers hold "</think>" but no "<think>", and nothing was split.
+        print(f"distill: {stats['warnings/unopened_think']} answers close a thought they never open; serve the "
+              "teacher with a reasoning parser (vLLM: --reasoning-parser deepseek_r1) so the thought arrives as "
+              "reasoning_content (docs/teachers.md)", file=sys.stderr)
     if requests and failures > params.max_failed_fraction * len(requests):
         causes = ", ".join(f"{k.removeprefix('failed/')}: {v}" for k, v in sorted(stats.items()) if k.startswith("failed/"))
         first = next(c.error for c in outs if c.finish_reason == "error")

@@ -243,3 +243,16 @@ def test_vllm_engine_splits_the_same_way(qwq_model, monkeypatch):
     assert seen == [0, 1, 2]
     assert all((c.reasoning, c.text, c.finish_reason) == ("step 1...", ANSWER, "stop") for c in out)
     assert eng.identity()["think_tags"] == ["<think>", "</think>"]
+
+
+def test_distill_warns_when_answers_close_a_thought_they_never_open(chatml_model, scripted, tmp_path, capsys):
+    """A teacher whose template opens the thought, served without a reasoning parser, returns
+    text with a closing tag only: distill counts it and says how to fix the server."""
+    scripted(load_tokenizer(chatml_model), COMPLETION)  # ChatML opens nothing: the text stays as is
+    ctx = OpContext(stage_id="distill", stage_dir=tmp_path, cache_root=tmp_path)
+    params = DistillParams(engine="transformers", model=str(chatml_model), samples=2,
+                           sampling={"temperature": 0.0, "max_tokens": 200},
+                           runtime={"threads": 1, "batch_size": 4})
+    result = distill([{"id": "q1", "problem": "What is 2 + 2?", "answer": "4"}], params, ctx)
+    assert result.stats["warnings/unopened_think"] == 2
+    assert "--reasoning-parser" in capsys.readouterr().err
