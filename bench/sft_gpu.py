@@ -91,6 +91,16 @@ class StepTimer:
                 "steady_tokens_per_s": round((self.tok1 - self.tok0) / (self.t1 - self.t0), 1)}
 
 
+def _saved_parameters(weights: Path) -> int:
+    """Parameters in a safetensors file, from its header (no second copy of the model in memory)."""
+    import math
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+
+
 def flops_per_token(config, mean_doc_tokens: float) -> float:
     h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
@@ -166,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = build_student(out / "model", ns.student, seed=0)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir)
-    n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(config).parameters())
+    n_params = _saved_parameters(model_dir / "model.safetensors")
     tok = load_tokenizer(model_dir)
     rows = pq.read_table(ns.data, columns=["messages"]).to_pylist()
     lengths = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"])

@@ -318,15 +318,15 @@ def load_submission(path: str | Path, shown: str | None = None) -> dict[str, Any
     return record
 
 
-def load_details_file(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per-benchmark per-sample rows of a details.parquet (as eval.harness.load_details)."""
-    import pyarrow.parquet as pq
+# What validation and the paired comparison read of a details file.
+DETAILS_COLUMNS = ["benchmark", "problem_id", "sample_index", "correct"]
 
-    table = pq.read_table(path, columns=["benchmark", "problem_id", "sample_index", "correct"])
-    details: dict[str, list[dict[str, Any]]] = {}
-    for row in table.to_pylist():
-        details.setdefault(row["benchmark"], []).append(row)
-    return details
+
+def load_details_file(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per-benchmark per-sample verdicts of a submission's details parquet."""
+    from eval.harness import load_details
+
+    return load_details(path, columns=DETAILS_COLUMNS)
 
 
 def details_summary(details: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -317,8 +317,6 @@ def execution_of(recipe: Recipe, executor: str | None = None, **overrides: Any) 
     validated again (a RecipeError naming the recipe when the override does not fit)."""
     from pydantic import ValidationError
 
-    from data_pipeline.errors import RecipeError
-
     ex = recipe.spec.data.execution
     update = {k: v for k, v in dict(overrides, executor=executor).items() if v is not None}
     if not update:

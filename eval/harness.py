@@ -369,9 +369,13 @@ def load_results(out_dir: str | Path) -> dict[str, Any]:
     return record
 
 
-def load_details(out_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Per-benchmark per-sample rows, in the order they were written."""
+def load_details(path: str | Path, columns: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Per-benchmark per-sample rows, in the order they were written, of a results
+    folder's details file or of a details parquet file itself (`columns`: only these)."""
+    path = Path(path)
+    file = path / DETAILS_FILE if path.is_dir() else path
+    cols = None if columns is None else ["benchmark", *(c for c in columns if c != "benchmark")]
     details: dict[str, list[dict[str, Any]]] = {}
-    for row in pq.read_table(Path(out_dir) / DETAILS_FILE).to_pylist():
+    for row in pq.read_table(file, columns=cols).to_pylist():
         details.setdefault(row["benchmark"], []).append(row)
     return details

@@ -7,7 +7,16 @@ TRL and `sft.model.init` against the known students.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from data_pipeline.registries import register_recipe_check
+
+
+def accelerate_config_path(recipe) -> tuple[Path, Path, int | None]:
+    """(`sft.accelerate` resolved against the recipe file that sets it, that file, its line):
+    an ablation that `extends:` a parent inherits the parent's config unchanged."""
+    origin, line = recipe.origins.get(("sft", "accelerate"), (str(recipe.path), None))
+    return (Path(origin).parent / recipe.spec.sft.accelerate).resolve(), Path(origin), line
 
 
 @register_recipe_check
@@ -29,11 +38,10 @@ def check_sft_section(recipe) -> list[tuple[tuple, str]]:
             loc = tuple(key.split(".")[:3])
             problems.append((loc, text))
     if sft.accelerate is not None:
-        from pathlib import Path
-
-        origin = recipe.origins.get(("sft", "accelerate"), (str(recipe.path), None))[0]
         if not sft.accelerate.endswith((".yaml", ".yml")) or Path(sft.accelerate).is_absolute():
             problems.append((("sft", "accelerate"), "must be the relative path of an accelerate config file (.yaml)"))
-        elif not (Path(origin).parent / sft.accelerate).is_file():  # only looked at, never loaded here
-            problems.append((("sft", "accelerate"), f"no such file {sft.accelerate!r} next to {Path(origin).name}"))
+        else:
+            path, origin, _ = accelerate_config_path(recipe)
+            if not path.is_file():  # only looked at, never loaded here
+                problems.append((("sft", "accelerate"), f"no such file {sft.accelerate!r} next to {origin.name}"))
     return problems

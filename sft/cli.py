@@ -171,13 +171,13 @@ ACCELERATE_DIR = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
 
 def accelerate_config(recipe) -> Path | None:
     """The recipe's accelerate config file, resolved against the file that names it."""
-    rel = recipe.spec.sft.accelerate
-    if rel is None:
+    from sft.checks import accelerate_config_path
+
+    if recipe.spec.sft.accelerate is None:
         return None
-    origin, line = recipe.origins.get(("sft", "accelerate"), (str(recipe.path), None))
-    path = (Path(origin).parent / rel).resolve()
+    path, origin, line = accelerate_config_path(recipe)
     if not path.is_file():
-        raise RecipeError.one(Path(origin), line, "sft.accelerate", f"no accelerate config at {path}")
+        raise RecipeError.one(origin, line, "sft.accelerate", f"no accelerate config at {path}")
     return path
 
 
